@@ -1,0 +1,3 @@
+"""Benchmarks: `python -m mmdlib.bench NAME [options]` (codec, mmd, independence, generate).
+
+Each prints a readable table and, as its very last line, one JSON object with its figures."""

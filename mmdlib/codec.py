@@ -1,0 +1,149 @@
+"""The RVQ audio codec: SEANet encoder -> residual vector quantizer -> SEANet decoder.
+
+Shapes: audio `b c n`, latents `b d t`, codes `b k t`, residual streams `b k d t`
+(t = n / hop_length frames at `frame_rate` Hz).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantize import QuantizerConfig, ResidualVQ
+from .seanet import Decoder, Encoder, SEANetConfig
+
+
+@dataclass
+class CodecConfig:
+    sample_rate: int = 16000
+    seanet: SEANetConfig = field(default_factory=SEANetConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self):
+        if self.seanet.dim != self.quantizer.dim:
+            raise ValueError(f"seanet.dim={self.seanet.dim} must equal quantizer.dim={self.quantizer.dim}")
+
+    @property
+    def hop_length(self) -> int:
+        return self.seanet.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodecConfig":
+        seanet = dict(d["seanet"], ratios=tuple(d["seanet"]["ratios"]))
+        return cls(d["sample_rate"], SEANetConfig(**seanet), QuantizerConfig(**d["quantizer"]))
+
+
+CODEC_PRESETS: dict[str, CodecConfig] = {
+    # 16 kHz, hop 320 -> 50 Hz, 4 x 256 codes (1.6 kbps); trains on a 2-core CPU in minutes.
+    "tiny": CodecConfig(
+        sample_rate=16000,
+        seanet=SEANetConfig(dim=64, n_filters=16, ratios=(8, 5, 4, 2), n_residual_layers=1, lstm=0),
+        quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256),
+    ),
+    # The paper's codec: 32 kHz, ratios 8,5,4,4 (hop 640 -> 50 Hz), 64 filters, 4 x 2048 codes.
+    "paper": CodecConfig(
+        sample_rate=32000,
+        seanet=SEANetConfig(dim=128, n_filters=64, ratios=(8, 5, 4, 4), n_residual_layers=1, lstm=2),
+        quantizer=QuantizerConfig(dim=128, n_q=4, codebook_size=2048, quantizer_dropout=False),
+    ),
+}
+
+
+def codec_preset(name: str) -> CodecConfig:
+    if name not in CODEC_PRESETS:
+        raise ValueError(f"unknown codec preset {name!r}; choose one of {sorted(CODEC_PRESETS)}")
+    return dataclasses.replace(CODEC_PRESETS[name])
+
+
+@dataclass
+class CodecOutput:
+    wav: torch.Tensor          # b c n, the reconstruction
+    codes: torch.Tensor        # b k t
+    streams: torch.Tensor      # b k d t, residual after each stage (quantized part detached)
+    commit_loss: torch.Tensor  # scalar
+
+
+class Codec(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.seanet)
+        self.quantizer = ResidualVQ(cfg.quantizer)
+        self.decoder = Decoder(cfg.seanet)
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.frame_rate
+
+    def _check(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() != 3 or wav.shape[1] != self.cfg.seanet.channels:
+            raise ValueError(f"wav must be [b, {self.cfg.seanet.channels}, n], got {list(wav.shape)}")
+        pad = -wav.shape[-1] % self.hop_length  # right-pad to whole frames
+        return F.pad(wav, (0, pad))
+
+    def forward(self, wav: torch.Tensor) -> CodecOutput:
+        n = wav.shape[-1]
+        z = self.encoder(self._check(wav))
+        q = self.quantizer(z)
+        wav_hat = self.decoder(q.quantized)[..., :n]
+        return CodecOutput(wav_hat, q.codes, q.streams, q.commit_loss)
+
+    def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Residual streams `b k d t` with gradient to the encoder, quantizer buffers untouched.
+
+        `checkpoint=True` recomputes encoder activations in backward (the macro-batch MMD)."""
+        wav = self._check(wav)
+        if checkpoint:
+            z = torch.utils.checkpoint.checkpoint(self.encoder, wav, use_reentrant=False)
+        else:
+            z = self.encoder(wav)
+        was_training = self.quantizer.training
+        self.quantizer.eval()  # no EMA update, no restart: this is a second look at seen data
+        try:
+            return self.quantizer(z).streams
+        finally:
+            self.quantizer.train(was_training)
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """`b c n -> b k t` (long)."""
+        return self.quantizer.encode(self.encoder(self._check(wav)))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """`b k t -> b c (t hop)`."""
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [b, k, t], got {list(codes.shape)}")
+        return self.decoder(self.quantizer.decode(codes))
+
+    # -- checkpoints that carry their config ---------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        torch.save({"config": self.cfg.to_dict(), "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Codec":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"codec checkpoint {path} does not exist")
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        if "config" not in ckpt:
+            raise ValueError(f"{path} is not a codec checkpoint (no 'config' entry)")
+        model = cls(CodecConfig.from_dict(ckpt["config"]))
+        state = ckpt["state"] if "state" in ckpt else ckpt["codec"]
+        model.load_state_dict(state)
+        return model.eval()

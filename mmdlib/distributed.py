@@ -1,0 +1,69 @@
+"""torch.distributed through torchrun, or a single process: one code path.
+
+`torchrun --nproc_per_node N -m mmdlib.train_codec ...` sets WORLD_SIZE/RANK/LOCAL_RANK;
+without them everything below is a no-op and the world has one rank.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device: str) -> torch.device:
+    """Initialise the process group when launched by torchrun; return this rank's device."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible: use device='cpu'")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(device)
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel when distributed, the model itself otherwise.
+
+    Buffers are not broadcast: the quantizer keeps its EMA codebooks in sync itself."""
+    if not is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world_size()
+    return x

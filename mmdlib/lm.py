@@ -1,0 +1,381 @@
+"""A decoder-only transformer over codebook interleaving patterns, its evaluation and sampling.
+
+The codes `b k t` of a codec are laid out by a pattern (see `patterns.py`) on `j` slots x `s`
+steps: `seq [b, j, s]`. The model reads step s-1 (a BOS step before step 0) and predicts all
+slots of step s at once:
+
+    inputs  = [BOS, seq[..., 0], ..., seq[..., s-2]]     [b, j, s]
+    logits  = model(inputs)                              [b, j, s, v]   (v = codebook_size)
+    targets = seq                                        [b, j, s]      (loss on valid cells)
+
+Input embedding of a step: sum over slots of the token's embedding in its codebook's table
+(one table per codebook, vocab v + 2: the codes, `pad` = v for empty cells, `bos` = v + 1), plus
+a learned embedding of which codebook each slot must predict at this step (or "nothing"): this
+tells a flatten model which codebook is due and a coarse_first model which phase it is in.
+Output: one head per codebook; slot j at step s uses the head of its cell's codebook.
+Pre-norm blocks, causal self-attention with rotary position embeddings (RoPE), GELU MLP.
+Optional class conditioning: a class embedding added at every step, replaced by a learned
+"null" class with probability `cond_dropout` in training (classifier-free guidance).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .patterns import PATTERNS, Pattern, make_pattern, n_slots
+
+
+@dataclass
+class LMConfig:
+    n_q: int = 4                 # codebooks K
+    codebook_size: int = 256     # v codes per codebook
+    pattern: str = "delay"       # one of patterns.PATTERNS
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    max_steps: int = 4096        # longest pattern sequence (steps) the model accepts
+    dropout: float = 0.0
+    group_size: int = 2          # grouped_delay only: codebooks per group
+    n_classes: int = 0           # 0: unconditional; else class labels 0..n_classes-1
+    cond_dropout: float = 0.1    # training probability of dropping the label (CFG)
+    mlp_ratio: int = 4
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern={self.pattern!r}: expected one of {PATTERNS}")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(f"dim={self.dim} must be n_heads={self.n_heads} x an even head size")
+        if self.n_q < 1 or self.codebook_size < 1:
+            raise ValueError(f"n_q={self.n_q} and codebook_size={self.codebook_size} must be >= 1")
+
+    @property
+    def pad(self) -> int:
+        return self.codebook_size
+
+    @property
+    def bos(self) -> int:
+        return self.codebook_size + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        return cls(**d)
+
+
+LM_PRESETS: dict[str, LMConfig] = {
+    # ~2.2 M parameters; trains in minutes on a 2-core CPU (0.2 s/step delay, 0.6 s/step flatten).
+    "tiny": LMConfig(n_q=4, codebook_size=256, dim=192, n_layers=4, n_heads=4, max_steps=4096),
+    # MusicGen-small-like scale (~320 M parameters), for a GPU: 4 x 2048 codes, 30 s at 50 Hz.
+    "paper": LMConfig(n_q=4, codebook_size=2048, dim=1024, n_layers=24, n_heads=16,
+                      max_steps=8192, dropout=0.1),
+}
+
+
+def lm_config(preset: str = "tiny", **overrides) -> LMConfig:
+    """A preset with some fields replaced, e.g. lm_config("tiny", pattern="flatten")."""
+    if preset not in LM_PRESETS:
+        raise ValueError(f"preset={preset!r}: expected one of {list(LM_PRESETS)}")
+    return dataclasses.replace(LM_PRESETS[preset], **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer
+
+
+def rope_tables(head_dim: int, n: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [n, head_dim / 2] for positions 0..n-1."""
+    freq = base ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    angle = torch.arange(n).float()[:, None] * freq[None]
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x [b, h, s, d] by position angles cos/sin [s, d/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Pre-allocated keys/values of every layer: [n_layers, b, h, max_len, head_dim] each."""
+
+    def __init__(self, cfg: LMConfig, batch: int, max_len: int, device, dtype=torch.float32):
+        shape = (cfg.n_layers, batch, cfg.n_heads, max_len, cfg.dim // cfg.n_heads)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, start: int = 0):
+        """x [b, s, d] at positions start..start+s-1; with a cache, attends to all cached steps."""
+        s = x.shape[1]
+        q, k, v = rearrange(self.qkv(x), "b s (three h e) -> three b h s e", three=3, h=self.n_heads)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            end = start + s
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            mask = None
+            if s > 1:  # query i (position start+i) sees keys 0..start+i
+                mask = torch.arange(end, device=x.device) <= torch.arange(start, end, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.proj(rearrange(y, "b h s e -> b s (h e)"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=False), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim, bias=False))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, start=0):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, cache, layer, start))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class TokenLM(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_slots = n_slots(cfg.pattern, cfg.n_q, cfg.group_size)
+        self.tok_emb = nn.Embedding(cfg.n_q * (cfg.codebook_size + 2), cfg.dim)  # K tables, stacked
+        self.due_emb = nn.Embedding(self.n_slots * (cfg.n_q + 1), cfg.dim)      # codebook due per slot
+        self.cond_emb = nn.Embedding(cfg.n_classes + 1, cfg.dim) if cfg.n_classes else None  # last: null
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.heads = nn.Parameter(torch.empty(cfg.n_q, cfg.codebook_size, cfg.dim))  # [k, v, d]
+        cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_steps, cfg.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init)
+        nn.init.normal_(self.heads, std=0.02)
+        for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def make_pattern(self, n_frames: int) -> Pattern:
+        return make_pattern(self.cfg.pattern, self.cfg.n_q, n_frames, self.cfg.group_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # The pattern-dependent index tables, [j, s] long each.
+    def in_index(self, pat: Pattern) -> torch.Tensor:
+        """Row of tok_emb for a token 0 at each input position: codebook of the previous step."""
+        cb = torch.cat([pat.codebook[:, :1], pat.codebook[:, :-1]], dim=1)
+        return cb * (self.cfg.codebook_size + 2)
+
+    def due_index(self, pat: Pattern) -> torch.Tensor:
+        """Row of due_emb at each position: slot j predicts codebook c (or n_q: nothing)."""
+        due = torch.where(pat.valid, pat.codebook, self.cfg.n_q)
+        return due + torch.arange(pat.n_slots, device=due.device)[:, None] * (self.cfg.n_q + 1)
+
+    def shift_right(self, seq: torch.Tensor) -> torch.Tensor:
+        """Targets [b, j, s] -> inputs [b, j, s]: BOS, then steps 0..s-2."""
+        return torch.cat([torch.full_like(seq[..., :1], self.cfg.bos), seq[..., :-1]], dim=-1)
+
+    def cond_vector(self, cond: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+        """Class labels [b] (-1 or None: null class) -> [b, 1, d], or None if unconditional."""
+        if self.cond_emb is None:
+            if cond is not None:
+                raise ValueError("cond given but LMConfig.n_classes == 0 (unconditional model)")
+            return None
+        if cond is None:
+            cond = torch.full((batch,), -1, dtype=torch.long, device=device)
+        if ((cond < -1) | (cond >= self.cfg.n_classes)).any():
+            raise ValueError(f"cond: labels must be in 0..{self.cfg.n_classes - 1} (or -1 for none)")
+        cond = torch.where(cond < 0, self.cfg.n_classes, cond)
+        if self.training and self.cfg.cond_dropout > 0:
+            drop = torch.rand(cond.shape, device=device) < self.cfg.cond_dropout
+            cond = torch.where(drop, self.cfg.n_classes, cond)
+        return self.cond_emb(cond)[:, None]
+
+    def embed(self, tokens, in_index, due_index, cond_vec=None) -> torch.Tensor:
+        """tokens [b, j, s], index tables [j, s] -> step embeddings [b, s, d]."""
+        x = self.tok_emb(tokens + in_index).sum(1) + self.due_emb(due_index).sum(0)
+        return x if cond_vec is None else x + cond_vec
+
+    def body(self, x, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """Step embeddings [b, s, d] at positions start.. -> normed hidden states [b, s, d]."""
+        end = start + x.shape[1]
+        if end > self.cfg.max_steps:
+            raise ValueError(f"sequence of {end} steps exceeds LMConfig.max_steps={self.cfg.max_steps}")
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i, start)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """h [b, s, d], codebook of each cell [j, s] -> logits [b, j, s, v] (one head per codebook)."""
+        b, s, _ = h.shape
+        cols, which = torch.unique(codebook.T, dim=0, return_inverse=True)  # distinct columns
+        if len(cols) == 1:
+            return torch.einsum("bsd,jvd->bjsv", h, self.heads[cols[0]])
+        out = h.new_empty(b, codebook.shape[0], s, self.cfg.codebook_size)
+        for c, col in enumerate(cols):
+            at = (which == c).nonzero().squeeze(1)
+            out[:, :, at] = torch.einsum("bsd,jvd->bjsv", h[:, at], self.heads[col])
+        return out
+
+    def forward(self, inputs: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs [b, j, s] (shift_right of a pattern sequence) at steps start..start+s-1 of `pat`
+        -> logits [b, j, s, v] for those steps' cells."""
+        b, j, s = inputs.shape
+        if j != self.n_slots:
+            raise ValueError(f"inputs have {j} slots, pattern {self.cfg.pattern!r} has {self.n_slots}")
+        pat = pat.to(inputs.device)
+        at = slice(start, start + s)
+        x = self.embed(inputs, self.in_index(pat)[:, at], self.due_index(pat)[:, at],
+                       self.cond_vector(cond, b, inputs.device))
+        return self.logits(self.body(x, start, cache), pat.codebook[:, at])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and evaluation
+
+
+def sequence_nll(model: TokenLM, codes: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """codes [b, k, t] -> (summed NLL in nats over every code, number of codes)."""
+    pat = model.make_pattern(codes.shape[-1]).to(codes.device)
+    seq = pat.build(codes, model.cfg.pad)                      # [b, j, s]
+    logits = model(model.shift_right(seq), pat, cond=cond)     # [b, j, s, v]
+    v = pat.valid.expand_as(seq)
+    nll = F.cross_entropy(logits[v], seq[v], reduction="sum")
+    return nll, int(v.sum())
+
+
+@torch.no_grad()
+def nll_sum(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16,
+            cond: torch.Tensor | None = None) -> tuple[float, int]:
+    """tokens [n, k, t] -> (summed NLL in nats over all codes, number of frames n t)."""
+    if tokens.ndim != 3 or tokens.shape[1] != model.cfg.n_q:
+        raise ValueError(f"tokens: expected [n, {model.cfg.n_q}, t], got {list(tokens.shape)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, len(tokens), batch_size):
+        c = None if cond is None else cond[i : i + batch_size].to(device)
+        total += float(sequence_nll(model, tokens[i : i + batch_size].to(device), c)[0])
+    model.train(was_training)
+    return total, tokens.shape[0] * tokens.shape[2]
+
+
+def evaluate_bits_per_frame(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16,
+                            cond: torch.Tensor | None = None) -> float:
+    """Held-out NLL in bits per frame: sum over the K codes of a frame, mean over frames.
+
+    Every code of every frame is counted once, whatever the pattern, so patterns compare."""
+    nats, frames = nll_sum(model, tokens, batch_size, cond)
+    return nats / math.log(2) / frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [..., v] -> sampled ids [...]. temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        srt, idx = logits.sort(-1, descending=True)
+        p = srt.softmax(-1)
+        drop = p.cumsum(-1) - p > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
+
+
+@torch.inference_mode()
+def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             cond: torch.Tensor | None = None, cfg_coef: float | None = None) -> torch.Tensor:
+    """Sample codes [b, k, t] (t = n_frames) step by step with a pre-allocated KV cache.
+
+    cond: class labels [b] (conditional models). cfg_coef: classifier-free guidance,
+    logits = null + cfg_coef (cond - null), computed on a doubled batch."""
+    cfg = model.cfg
+    if n_frames < 1 or batch_size < 1:
+        raise ValueError(f"n_frames={n_frames} and batch_size={batch_size} must be >= 1")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pat = model.make_pattern(n_frames).to(device)
+    n_steps = pat.n_steps
+    if n_steps > cfg.max_steps:
+        raise ValueError(f"n_frames={n_frames} needs {n_steps} steps > LMConfig.max_steps={cfg.max_steps}")
+    guided = cfg_coef is not None
+    if guided and model.cond_emb is None:
+        raise ValueError("cfg_coef given but LMConfig.n_classes == 0 (unconditional model)")
+    if cond is not None:
+        cond = cond.to(device)
+        if cond.shape != (batch_size,):
+            raise ValueError(f"cond: expected labels of shape [{batch_size}], got {list(cond.shape)}")
+    if guided:
+        null = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        cond = torch.cat([null if cond is None else cond, null])
+    rows = 2 * batch_size if guided else batch_size
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    # Everything that does not depend on sampled tokens, once: per-step embeddings and heads.
+    in_index = model.in_index(pat)                                          # [j, s]
+    static = model.due_emb(model.due_index(pat)).sum(0)[None]              # [1, s, d]
+    cond_vec = model.cond_vector(cond, rows, device)
+    if cond_vec is not None:
+        static = static + cond_vec                                          # [rows, s, d]
+    heads, step_head = {}, []
+    for col in pat.codebook.T.tolist():                                     # [j, v, d] per step
+        step_head.append(heads.setdefault(tuple(col), model.heads[col]))
+    pad = torch.full((batch_size, pat.n_slots), cfg.pad, device=device)
+    valid = pat.valid.T                                                     # [s, j]
+
+    cache = KVCache(cfg, rows, n_steps, device, model.heads.dtype)
+    out = torch.empty(batch_size, pat.n_slots, n_steps, dtype=torch.long, device=device)
+    tokens = torch.full((rows, pat.n_slots, 1), cfg.bos, dtype=torch.long, device=device)
+    for s in range(n_steps):
+        x = model.tok_emb(tokens + in_index[:, s : s + 1]).sum(1) + static[:, s : s + 1]
+        h = model.body(x, s, cache)[:, 0]                                   # [rows, d]
+        logits = torch.einsum("bd,jvd->bjv", h, step_head[s])               # [rows, j, v]
+        if guided:
+            c, u = logits.chunk(2)
+            logits = u + cfg_coef * (c - u)
+        nxt = torch.where(valid[s], sample_logits(logits, temperature, top_k, top_p, gen), pad)
+        out[:, :, s] = nxt
+        tokens = (torch.cat([nxt, nxt]) if guided else nxt)[..., None]
+    model.train(was_training)
+    return pat.revert(out)

@@ -1,0 +1,346 @@
+"""Codec training loop: reconstruction (+ adversarial) losses, and the macro-batch MMD loss.
+
+One code path for a single process and for DDP under torchrun:
+
+    python -m mmdlib.train_codec --preset tiny --run-dir runs/codec
+    torchrun --nproc_per_node 4 -m mmdlib.train_codec --preset paper --device cuda --run-dir runs/paper
+
+Batches are a pure function of (seed, step, rank), so a run interrupted at any step and resumed
+from its last checkpoint (model, optimisers, RNG states, balancer) continues exactly as the
+uninterrupted run would.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import distributed as D
+from .codec import Codec, CodecConfig, codec_preset
+from .data import make_dataset
+from .dependence import dependence_summary
+from .discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+from .losses import LossBalancer, MultiScaleMelLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, l1_wave
+from .metrics import codebook_usage, mel_distance, si_snr
+from .mmd import MMDConfig, gather_streams, mmd_independence
+
+
+@dataclass
+class CodecTrainConfig:
+    preset: str = "tiny"            # codec architecture preset (mmdlib.codec.CODEC_PRESETS)
+    data: str = "synthetic"         # "synthetic" or a folder of audio files
+    steps: int = 1200
+    batch_size: int = 8
+    segment_seconds: float = 1.0
+    n_train_items: int = 4096       # synthetic clips in the training set (folder: crops per epoch)
+    n_valid_items: int = 32
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    # loss weights (plain weights, or targets of the balancer when `balancer=True`)
+    w_l1: float = 1.0
+    w_mel: float = 1.0
+    w_adv: float = 4.0
+    w_feat: float = 4.0
+    w_commit: float = 1.0
+    discriminator: bool = False     # MS-STFT discriminator: adversarial + feature matching
+    discriminator_size: str = "tiny"  # DiscriminatorConfig.tiny() or .paper()
+    balancer: bool = False
+    # the independence loss, outside the balancer (paper: weight 1000, 32 batches, delay-aligned)
+    mmd_weight: float = 0.0
+    mmd_macro_batches: int = 4
+    mmd: MMDConfig = field(default_factory=MMDConfig)
+    eval_every: int = 200
+    ckpt_every: int = 200
+    seed: int = 0
+    device: str = "cpu"
+    cache_dir: str | None = None    # on-disk cache of decoded audio (folder data)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
+        if self.segment_seconds <= 0:
+            raise ValueError(f"training parameter segment_seconds={self.segment_seconds} must be > 0")
+        if self.discriminator_size not in ("tiny", "paper"):
+            raise ValueError(f"discriminator_size={self.discriminator_size!r}: choose 'tiny' or 'paper'")
+        if isinstance(self.mmd, dict):  # from a checkpoint or JSON
+            self.mmd = MMDConfig(**self.mmd)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
+    "tiny": CodecTrainConfig(),
+    "paper": CodecTrainConfig(
+        preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
+        n_valid_items=256, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
+        discriminator_size="paper", balancer=True, mmd_macro_batches=32, eval_every=5000, ckpt_every=5000, device="cuda",
+    ),
+}
+
+
+def train_preset(name: str, **overrides) -> CodecTrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(CodecTrainConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown training parameter(s) {sorted(unknown)}")
+    return dataclasses.replace(TRAIN_PRESETS[name], **overrides)
+
+
+# -- data ------------------------------------------------------------------------------------------
+class _Memo(torch.utils.data.Dataset):
+    """Keeps items of a deterministic dataset (synthetic clips) after their first use."""
+
+    def __init__(self, ds):
+        self.ds, self.items = ds, {}
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        if i not in self.items:
+            self.items[i] = self.ds[i]
+        return self.items[i]
+
+
+def _batch_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**31)
+
+
+def get_batch(ds, cfg: CodecTrainConfig, step: int, rank: int) -> torch.Tensor:
+    """Training batch `b c n` as a pure function of (seed, step, rank)."""
+    g = torch.Generator().manual_seed(_batch_seed(cfg.seed, step, rank))
+    idx = torch.randint(len(ds), (cfg.batch_size,), generator=g).tolist()
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(step)
+    return torch.stack([ds[i] for i in idx])
+
+
+def make_datasets(cfg: CodecTrainConfig, sample_rate: int):
+    kw = dict(sample_rate=sample_rate, seconds=cfg.segment_seconds, seed=cfg.seed, cache_dir=cfg.cache_dir)
+    train = make_dataset(cfg.data, "train", n_items=cfg.n_train_items, **kw)
+    valid = make_dataset(cfg.data, "valid", n_items=cfg.n_valid_items, **kw)
+    if cfg.data == "synthetic":
+        train = _Memo(train)
+    return train, valid
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | None = None, batch_size: int = 16,
+                   device: str | torch.device = "cpu", seed: int = 0) -> dict:
+    """SI-SNR, mel distance, per-codebook usage and dependence of a codec on a held-out set."""
+    was_training = codec.training
+    codec.eval()
+    sisnr, mel, codes, streams = [], [], [], []
+    for i in range(0, len(valid), batch_size):
+        wav = torch.stack([valid[j] for j in range(i, min(i + batch_size, len(valid)))]).to(device)
+        out = codec(wav)
+        sisnr.append(si_snr(out.wav, wav))
+        mel.append(mel_distance(out.wav, wav, codec.cfg.sample_rate))
+        codes.append(out.codes)
+        streams.append(out.streams)
+    codec.train(was_training)
+    codes, streams = torch.cat(codes), torch.cat(streams)
+    usage = codebook_usage(codes, codec.cfg.quantizer.codebook_size)
+    dep = dependence_summary(codes, codec.cfg.quantizer.codebook_size)
+    mmd_cfg = mmd_cfg or MMDConfig()
+    return {
+        "sisnr_db": torch.cat(sisnr).mean().item(),
+        "mel_distance": torch.cat(mel).mean().item(),
+        "usage_perplexity": usage["perplexity"].tolist(),
+        "usage_perplexity_ratio_min": usage["ratio"].min().item(),
+        "nmi_lag0": float(dep["nmi_lag0"]),
+        "nmi_delay": float(dep["nmi_delay"]),
+        "mmd": mmd_independence(streams, mmd_cfg, seed=seed).item(),
+    }
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConfig | None = None,
+                stop_at: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a codec in `run_dir`; returns {"history": [...], "final": metrics}.
+
+    `run_dir/checkpoint.pt` holds everything needed to resume; `run_dir/codec.pt` the final codec
+    (`Codec.load`); `run_dir/metrics.json` the validation history. `stop_at` ends the run early
+    at that step (after checkpointing), as an interruption would.
+    """
+    run_dir = Path(run_dir)
+    device = D.setup(cfg.device)
+    rank = D.rank()
+    codec_cfg = codec_cfg or codec_preset(cfg.preset)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+
+    model = Codec(codec_cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    disc = opt_d = None
+    if cfg.discriminator:
+        disc = MultiScaleSTFTDiscriminator(getattr(DiscriminatorConfig, cfg.discriminator_size)()).to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+    mel_loss = MultiScaleMelLoss(codec_cfg.sample_rate).to(device)
+    weights = {"l1": cfg.w_l1, "mel": cfg.w_mel}
+    if disc is not None:
+        weights |= {"adv": cfg.w_adv, "feat": cfg.w_feat}
+    balancer = LossBalancer(weights) if cfg.balancer else None
+    train_set, valid_set = make_datasets(cfg, codec_cfg.sample_rate)
+
+    start, history = 0, []
+    ckpt_path = run_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["train_config"] != cfg.to_dict() or ckpt["codec_config"] != codec_cfg.to_dict():
+            raise ValueError(f"{ckpt_path} was written with another configuration; "
+                             "use a new run_dir or delete the checkpoint")
+        model.load_state_dict(ckpt["codec"])
+        opt.load_state_dict(ckpt["opt"])
+        if disc is not None:
+            disc.load_state_dict(ckpt["disc"])
+            opt_d.load_state_dict(ckpt["opt_d"])
+        if balancer is not None:
+            balancer.load_state_dict(ckpt["balancer"])
+        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        start, history = ckpt["step"], ckpt["history"]
+    elif D.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    gen = D.wrap_ddp(model, device)
+    disc_ddp = D.wrap_ddp(disc, device) if disc is not None else None
+    M = cfg.mmd_macro_batches
+    # the macro-batch: the inputs of the steps since the last MMD step (rebuilt exactly on resume)
+    pending = [get_batch(train_set, cfg, s, rank) for s in range(start - start % M, start)] if cfg.mmd_weight else []
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and D.is_main()),
+               desc="codec", dynamic_ncols=True)
+    t0, losses = time.time(), {}
+    for step in bar:
+        model.train()
+        wav = get_batch(train_set, cfg, step, rank).to(device)
+        out = gen(wav)
+        losses = {"l1": l1_wave(out.wav, wav), "mel": mel_loss(out.wav, wav)}
+
+        if disc is not None:
+            # discriminator step on real and (detached) fake, one forward
+            logits, _ = disc_ddp(torch.cat([wav, out.wav.detach()]))
+            real = [l[: len(wav)] for l in logits]
+            fake = [l[len(wav):] for l in logits]
+            loss_d = hinge_d_loss(real, fake)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # generator's adversarial and feature-matching losses, discriminator frozen
+            disc.requires_grad_(False)
+            logits, feats = disc(torch.cat([wav, out.wav]))
+            disc.requires_grad_(True)
+            losses["adv"] = hinge_g_loss([l[len(wav):] for l in logits])
+            losses["feat"] = feature_matching_loss([[f[: len(wav)].detach() for f in fs] for fs in feats],
+                                                   [[f[len(wav):] for f in fs] for fs in feats])
+            losses["d"] = loss_d.detach()
+
+        extra = cfg.w_commit * out.commit_loss
+        if cfg.mmd_weight:
+            pending.append(wav)
+            if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
+                streams = torch.cat([model.encode_streams(w, checkpoint=True) for w in pending])
+                mmd = mmd_independence(gather_streams(streams), cfg.mmd, seed=_batch_seed(cfg.seed, step, 0))
+                extra = extra + cfg.mmd_weight * mmd
+                losses["mmd"] = mmd.detach()
+                pending = []
+
+        opt.zero_grad(set_to_none=True)
+        rec = {k: losses[k] for k in weights}
+        if balancer is not None:
+            grad, _ = balancer.combine(rec, out.wav)
+            torch.autograd.backward([out.wav, extra], [grad, torch.ones_like(extra)])
+        else:
+            (sum(weights[k] * v for k, v in rec.items()) + extra).backward()
+        opt.step()
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()}, refresh=False)
+
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics = evaluate_codec(model, valid_set, cfg.mmd, device=device, seed=cfg.seed)
+            metrics |= {"step": done, "seconds": time.time() - t0,
+                        **{f"train_{k}": v.item() for k, v in losses.items()}}
+            history.append(metrics)
+            if D.is_main():
+                bar.write(f"step {done}: SI-SNR {metrics['sisnr_db']:.2f} dB, mel {metrics['mel_distance']:.3f}, "
+                          f"usage {metrics['usage_perplexity_ratio_min']:.2f}, NMI(delay) {metrics['nmi_delay']:.3f}, "
+                          f"MMD {metrics['mmd']:.4f}")
+        if done % cfg.ckpt_every == 0 or done == end:
+            rngs = [_rng_state()]
+            if D.is_distributed():
+                rngs = [None] * D.world_size()
+                torch.distributed.all_gather_object(rngs, _rng_state())
+            if D.is_main():
+                _atomic_save({"step": done, "codec": model.state_dict(), "opt": opt.state_dict(),
+                              "disc": disc.state_dict() if disc is not None else None,
+                              "opt_d": opt_d.state_dict() if opt_d is not None else None,
+                              "balancer": balancer.state_dict() if balancer is not None else None,
+                              "rng": rngs, "history": history, "train_config": cfg.to_dict(),
+                              "codec_config": codec_cfg.to_dict()}, ckpt_path)
+    bar.close()
+    if D.is_main() and end == cfg.steps:
+        model.save(run_dir / "codec.pt")
+        (run_dir / "metrics.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history}, indent=1))
+    return {"history": history, "final": history[-1] if history else {}, "last_losses":
+            {k: v.item() for k, v in losses.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override training parameters, e.g. steps=300 mmd_weight=100 data=path/to/folder")
+    args = p.parse_args(argv)
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if "mmd_align" in overrides:
+        overrides["mmd"] = dataclasses.replace(MMDConfig(), align=overrides.pop("mmd_align"))
+    cfg = train_preset(args.preset, **overrides)
+    result = train_codec(cfg, args.run_dir)
+    if D.is_main():
+        print(json.dumps(result["final"]))
+    D.cleanup()
+
+
+if __name__ == "__main__":
+    main()

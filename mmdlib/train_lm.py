@@ -1,0 +1,246 @@
+"""Train the token LM on codec tokens `[n_items, k, t]`: random crops, AdamW, warm-up + cosine.
+
+Single process, or DDP under torchrun (same code path, see `distributed.py`). Checkpoints hold
+everything needed to resume exactly: model, optimiser, scheduler, step, history and every
+rank's RNG states. The batch of step i is a pure function of (seed, i, rank): the items come
+from a DistributedSampler epoch permutation, the crop offsets from a generator seeded with
+(seed, i, rank), so resuming needs no data-loader state.
+
+    torchrun --nproc_per_node 2 -m mmdlib.train_lm --train train.pt --valid valid.pt --run-dir runs/lm
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from . import distributed as ddp
+from .lm import LMConfig, TokenLM, lm_config, nll_sum
+
+
+@dataclass
+class LMTrainConfig:
+    steps: int = 2000
+    batch_size: int = 16         # per rank
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup: int = 100            # linear warm-up steps, then cosine down to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seq_frames: int = 100        # random crops of this many frames
+    eval_every: int = 200
+    eval_batch_size: int = 16
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True        # tqdm bar (rank 0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+LM_TRAIN_PRESETS: dict[str, LMTrainConfig] = {
+    # Minutes on a 2-core CPU with the tiny LM: 2 s crops at 50 Hz.
+    "tiny": LMTrainConfig(steps=2000, batch_size=16, lr=1e-3, warmup=100, seq_frames=100,
+                          eval_every=200, ckpt_every=500),
+    # GPU scale (MusicGen-like optimiser settings): 30 s crops at 50 Hz.
+    "paper": LMTrainConfig(steps=200_000, batch_size=32, lr=1e-4, warmup=4000, seq_frames=1500,
+                           eval_every=5000, ckpt_every=5000, device="cuda"),
+}
+
+
+def lr_factor(step: int, cfg: LMTrainConfig) -> float:
+    """Multiplier of cfg.lr at optimiser step `step` (0-based): linear warm-up, cosine decay."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: TokenLM, cfg: LMTrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not norms, not embeddings)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def get_batch(tokens: torch.Tensor, labels: torch.Tensor | None, step: int, cfg: LMTrainConfig,
+              rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The crops [batch_size, k, seq_frames] (and their labels) of this rank at `step`."""
+    n, _, t = tokens.shape
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    per_epoch = len(sampler)
+    pos = range(step * cfg.batch_size, (step + 1) * cfg.batch_size)  # in an endless stream of epochs
+    epochs = {}
+    for p in pos:
+        if p // per_epoch not in epochs:
+            sampler.set_epoch(p // per_epoch)
+            epochs[p // per_epoch] = list(sampler)
+    items = torch.tensor([epochs[p // per_epoch][p % per_epoch] for p in pos])
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009 + rank)
+    offsets = torch.randint(0, t - cfg.seq_frames + 1, (cfg.batch_size,), generator=gen)
+    idx = offsets[:, None] + torch.arange(cfg.seq_frames)                 # [b, seq_frames]
+    crops = tokens[items[:, None], :, idx]                                # [b, seq_frames, k]
+    return crops.transpose(1, 2).contiguous(), None if labels is None else labels[items]
+
+
+def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int):
+    if x.ndim != 3 or x.shape[1] != lm_cfg.n_q or x.dtype != torch.long:
+        raise ValueError(f"{name}: expected a long tensor [n, {lm_cfg.n_q}, t], got {x.dtype} {list(x.shape)}")
+    if x.shape[2] < min_frames:
+        raise ValueError(f"{name}: {x.shape[2]} frames < seq_frames={min_frames}")
+    if len(x) and (x.min() < 0 or x.max() >= lm_cfg.codebook_size):
+        raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
+
+
+def _rng_states() -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(s: dict):
+    torch.set_rng_state(s["cpu"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, history: dict, lm_cfg: LMConfig,
+                    train_cfg: LMTrainConfig):
+    """Collective under DDP (gathers every rank's RNG states); rank 0 writes."""
+    rng = [_rng_states()]
+    if ddp.is_distributed():
+        rng = [None] * ddp.world_size()
+        dist.all_gather_object(rng, _rng_states())
+    if ddp.is_main():
+        state = {"model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
+                 "lm_config": lm_cfg.to_dict(), "train_config": train_cfg.to_dict()}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+
+def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
+    """The model of a train_lm checkpoint."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = TokenLM(LMConfig.from_dict(state["lm_config"])).to(device)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMConfig,
+             train_cfg: LMTrainConfig, run_dir: str | Path, *, labels_train: torch.Tensor | None = None,
+             labels_valid: torch.Tensor | None = None, stop_after: int | None = None
+             ) -> tuple[TokenLM, dict]:
+    """Train (or resume from run_dir/ckpt.pt) and return (model, history).
+
+    tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
+    stop_after: stop once this many steps are done (to simulate an interruption).
+    history: lists "step", "loss", "lr" (every step) and "valid_step", "valid_bits_per_frame"."""
+    _check_tokens("tokens_train", tokens_train, lm_cfg, train_cfg.seq_frames)
+    _check_tokens("tokens_valid", tokens_valid, lm_cfg, 1)
+    if (labels_train is not None or labels_valid is not None) and not lm_cfg.n_classes:
+        raise ValueError("labels given but lm_cfg.n_classes == 0")
+    device = ddp.setup(train_cfg.device)
+    rank, world = ddp.rank(), ddp.world_size()
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "ckpt.pt"
+    if ddp.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(train_cfg.seed + rank)
+    model = TokenLM(lm_cfg).to(device)
+    opt = make_optimizer(model, train_cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, train_cfg))
+    step, history = 0, {"step": [], "loss": [], "lr": [], "valid_step": [], "valid_bits_per_frame": []}
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, history = state["step"], state["history"]
+        _set_rng_states(state["rng"][rank] if len(state["rng"]) == world else state["rng"][0])
+    net = ddp.wrap_ddp(model, device)
+    pat = model.make_pattern(train_cfg.seq_frames).to(device)
+    valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
+
+    def evaluate() -> float:
+        lab = None if labels_valid is None else labels_valid[valid_items]
+        nats, frames = nll_sum(model, tokens_valid[valid_items], train_cfg.eval_batch_size, lab)
+        tot = torch.tensor([nats, frames], dtype=torch.float64, device=device)
+        if ddp.is_distributed():
+            dist.all_reduce(tot)
+        return float(tot[0] / math.log(2) / tot[1])
+
+    end = train_cfg.steps if stop_after is None else min(train_cfg.steps, stop_after)
+    bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and ddp.is_main()), desc="lm")
+    model.train()
+    while step < end:
+        codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
+        codes = codes.to(device)
+        labels = None if labels is None else labels.to(device)
+        seq = pat.build(codes, lm_cfg.pad)
+        logits = net(model.shift_right(seq), pat, cond=labels)
+        v = pat.valid.expand_as(seq)
+        loss = torch.nn.functional.cross_entropy(logits[v], seq[v])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        step += 1
+        loss_value = float(ddp.all_reduce_mean(loss.detach()))
+        history["step"].append(step)
+        history["loss"].append(loss_value)
+        history["lr"].append(lr)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+            bpf = evaluate()
+            history["valid_step"].append(step)
+            history["valid_bits_per_frame"].append(bpf)
+            if train_cfg.progress and ddp.is_main():
+                bar.write(f"step {step}: valid {bpf:.3f} bits/frame")
+        if step % train_cfg.ckpt_every == 0 or step == end:
+            save_checkpoint(ckpt, net, opt, sched, step, history, lm_cfg, train_cfg)
+    bar.close()
+    return model, history
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, help="torch.save'd long tensor [n, k, t]")
+    p.add_argument("--valid", required=True, help="torch.save'd long tensor [n, k, t]")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--lm", default="tiny", help="LM preset")
+    p.add_argument("--train-preset", default="tiny")
+    p.add_argument("--pattern", default=None)
+    p.add_argument("--codebook-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--device", default=None)
+    a = p.parse_args(argv)
+    tr, va = torch.load(a.train), torch.load(a.valid)
+    over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
+    over |= {"codebook_size": a.codebook_size} if a.codebook_size else {}
+    lm_cfg = lm_config(a.lm, **over)
+    train_cfg = dataclasses.replace(LM_TRAIN_PRESETS[a.train_preset],
+                                    **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None})
+    _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir)
+    ddp.cleanup()
+    return history
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+import math
+
+import pytest
+import torch
+
+from mmdlib.lm import (KVCache, LMConfig, TokenLM, evaluate_bits_per_frame, generate, lm_config,
+                       sample_logits)
+from mmdlib.patterns import PATTERNS
+from mmdlib.train_lm import LMTrainConfig, get_batch, lr_factor, train_lm
+
+V = 11
+
+
+def small_lm(pattern: str, n_q: int = 3, **kw) -> TokenLM:
+    torch.manual_seed(0)
+    cfg = LMConfig(n_q=n_q, codebook_size=V, pattern=pattern, dim=32, n_layers=2, n_heads=2,
+                   max_steps=256, **kw)
+    return TokenLM(cfg).eval()
+
+
+def random_inputs(model: TokenLM, T: int, b: int = 2, seed: int = 0):
+    pat = model.make_pattern(T)
+    codes = torch.randint(0, V, (b, model.cfg.n_q, T), generator=torch.Generator().manual_seed(seed))
+    seq = pat.build(codes, model.cfg.pad)
+    return pat, codes, seq, model.shift_right(seq)
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_causal_masking(name):
+    """Changing the input at step p changes no logits before p (and does change step p)."""
+    model = small_lm(name)
+    pat, _, _, inp = random_inputs(model, T=5)
+    with torch.no_grad():
+        ref = model(inp, pat)
+        for p in [1, pat.n_steps // 2, pat.n_steps - 1]:
+            changed = inp.clone()
+            changed[:, :, p] = (changed[:, :, p] + 1) % V
+            out = model(changed, pat)
+            assert torch.equal(out[:, :, :p], ref[:, :, :p])
+            assert not torch.allclose(out[:, :, p], ref[:, :, p])
+        # through the pattern: the logits predicting code (k, t) never depend on (k, t) itself
+        # or on any code predicted at the same or a later step
+        pat, codes, _, _ = random_inputs(model, T=5)
+        ref = model(model.shift_right(pat.build(codes, V)), pat)
+        for k, t in [(0, 0), (model.cfg.n_q - 1, 2), (1, 4)]:
+            changed = codes.clone()
+            changed[:, k, t] = (changed[:, k, t] + 1) % V
+            out = model(model.shift_right(pat.build(changed, V)), pat)
+            s = int(pat.step_of()[k, t])
+            assert torch.equal(out[:, :, : s + 1], ref[:, :, : s + 1])
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_kv_cache_matches_full_forward(name):
+    model = small_lm(name, n_classes=3)
+    pat, _, _, inp = random_inputs(model, T=6)
+    cond = torch.tensor([0, 2])
+    with torch.no_grad():
+        full = model(inp, pat, cond=cond)
+        for chunk in [1, 3]:  # one step at a time, and chunks of 3 steps (masked within the chunk)
+            cache = KVCache(model.cfg, 2, pat.n_steps, "cpu")
+            inc = torch.cat([model(inp[..., s : s + chunk], pat, start=s, cache=cache, cond=cond)
+                             for s in range(0, pat.n_steps, chunk)], dim=2)
+            assert (inc - full).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_greedy_generation_is_consistent_with_full_forward(name):
+    """Generated codes (KV cache, greedy) are the argmax of the full forward on themselves."""
+    model = small_lm(name)
+    codes = generate(model, n_frames=5, batch_size=2, temperature=0)
+    assert codes.shape == (2, 3, 5) and codes.min() >= 0 and codes.max() < V
+    pat = model.make_pattern(5)
+    seq = pat.build(codes, model.cfg.pad)
+    with torch.no_grad():
+        best = model(model.shift_right(seq), pat).argmax(-1)
+    assert torch.equal(best[:, pat.valid], seq[:, pat.valid])
+
+
+@pytest.mark.parametrize("name", ["delay", "flatten"])
+def test_sampling_determinism(name):
+    model = small_lm(name)
+    a = generate(model, 8, batch_size=2, seed=3, top_k=5, top_p=0.9)
+    b = generate(model, 8, batch_size=2, seed=3, top_k=5, top_p=0.9)
+    c = generate(model, 8, batch_size=2, seed=4, top_k=5, top_p=0.9)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_top_k_top_p_support():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_logits(logits, top_k=2, generator=gen).unique().tolist()) == {0, 1}
+    assert set(sample_logits(logits, top_p=0.7, generator=gen).unique().tolist()) == {0, 1}
+    assert set(sample_logits(logits, top_p=0.85, generator=gen).unique().tolist()) == {0, 1, 2}
+    assert sample_logits(logits, temperature=0).eq(0).all()
+
+
+def test_classifier_free_guidance_runs_and_changes_samples():
+    model = small_lm("delay", n_classes=4)
+    cond = torch.tensor([1, 2])
+    plain = generate(model, 6, batch_size=2, seed=0, cond=cond)
+    guided = generate(model, 6, batch_size=2, seed=0, cond=cond, cfg_coef=3.0)
+    assert guided.shape == plain.shape and not torch.equal(plain, guided)
+    with pytest.raises(ValueError, match="n_classes"):
+        generate(small_lm("delay"), 6, cfg_coef=3.0)
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+def test_bits_per_frame_accounting(name):
+    """Equal to a cross-entropy computed code by code from the pattern's (k, t) -> cell map."""
+    model = small_lm(name)
+    pat, codes, _, inp = random_inputs(model, T=4, b=3, seed=1)
+    with torch.no_grad():
+        logp = model(inp, pat).log_softmax(-1)                      # [b, j, s, v]
+    nats = 0.0
+    for s, step in enumerate(pat.steps):
+        for k, t in step:
+            j = int((pat.frame[:, s] == t).logical_and(pat.codebook[:, s] == k).nonzero())
+            nats -= logp[:, j, s, codes[:, k, t]].diagonal().sum().item()
+    want = nats / math.log(2) / (3 * 4)
+    assert evaluate_bits_per_frame(model, codes, batch_size=2) == pytest.approx(want, rel=1e-5)
+    # analytic value: an all-zero head predicts uniformly, K log2(v) bits per frame
+    with torch.no_grad():
+        model.heads.zero_()
+    assert evaluate_bits_per_frame(model, codes) == pytest.approx(3 * math.log2(V), rel=1e-6)
+
+
+def test_get_batch_is_a_function_of_step_and_covers_items():
+    tokens = torch.arange(6 * 2 * 10).view(6, 2, 10)
+    cfg = LMTrainConfig(batch_size=3, seq_frames=4)
+    a, _ = get_batch(tokens, None, 5, cfg, rank=0, world=1)
+    b, _ = get_batch(tokens, None, 5, cfg, rank=0, world=1)
+    assert torch.equal(a, b) and a.shape == (3, 2, 4)
+    assert (a[:, :, 1:] - a[:, :, :-1]).eq(1).all()               # contiguous crops
+    items = torch.cat([get_batch(tokens, None, s, cfg, 0, 1)[0][:, 0, 0] // 20 for s in (0, 1)])
+    assert sorted(items.tolist()) == list(range(6))               # one epoch = every item once
+    r0 = get_batch(tokens, None, 0, cfg, 0, 2)[0][:, 0, 0] // 20
+    r1 = get_batch(tokens, None, 0, cfg, 1, 2)[0][:, 0, 0] // 20
+    assert set(r0.tolist()).isdisjoint(r1.tolist())               # ranks see disjoint shards
+
+
+def test_lr_schedule():
+    cfg = LMTrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.55) and lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def tiny_setup(pattern="delay", dropout=0.0):
+    gen = torch.Generator().manual_seed(0)
+    tr = torch.randint(0, 16, (4, 2, 24), generator=gen)
+    va = torch.randint(0, 16, (2, 2, 24), generator=gen)
+    lm_cfg = LMConfig(n_q=2, codebook_size=16, pattern=pattern, dim=64, n_layers=2, n_heads=2,
+                      max_steps=128, dropout=dropout)
+    return tr, va, lm_cfg
+
+
+@pytest.mark.parametrize("name", ["delay", "flatten"])
+def test_overfits_tiny_token_set(name, tmp_path):
+    tr, va, lm_cfg = tiny_setup(name)
+    cfg = LMTrainConfig(steps=120, batch_size=4, lr=3e-3, warmup=10, seq_frames=24, eval_every=1000,
+                        ckpt_every=1000, progress=False)
+    model, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    assert hist["loss"][0] == pytest.approx(math.log(16), abs=0.2)
+    assert max(hist["loss"][-5:]) < 0.3
+    assert evaluate_bits_per_frame(model, tr) < 0.2 * 2 * math.log2(16)  # memorised the items
+    assert (tmp_path / "ckpt.pt").exists() and hist["valid_step"] == [120]
+
+
+def test_resume_is_exact(tmp_path):
+    tr, va, lm_cfg = tiny_setup("delay", dropout=0.2)  # dropout: the RNG state must be restored
+    cfg = LMTrainConfig(steps=8, batch_size=2, lr=3e-3, warmup=2, seq_frames=12, eval_every=4,
+                        ckpt_every=3, progress=False)
+    _, full = train_lm(tr, va, lm_cfg, cfg, tmp_path / "a")
+    _, first = train_lm(tr, va, lm_cfg, cfg, tmp_path / "b", stop_after=5)  # checkpoints at 3, 5
+    assert first["step"] == [1, 2, 3, 4, 5]
+    _, resumed = train_lm(tr, va, lm_cfg, cfg, tmp_path / "b")
+    assert resumed == full  # losses, learning rates and valid bits/frame, bit for bit
+
+
+def test_bad_inputs(tmp_path):
+    tr, va, lm_cfg = tiny_setup()
+    cfg = LMTrainConfig(steps=1, batch_size=2, seq_frames=30, progress=False)
+    with pytest.raises(ValueError, match="seq_frames"):
+        train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    with pytest.raises(ValueError, match="tokens_train"):
+        train_lm(tr.float(), va, lm_cfg, cfg, tmp_path)
+    with pytest.raises(ValueError, match="pattern"):
+        LMConfig(pattern="spiral")
+    with pytest.raises(ValueError, match="max_steps"):
+        generate(small_lm("flatten"), n_frames=100)
+    assert lm_config("tiny", pattern="flatten").pattern == "flatten"
+
+
+def test_conditional_training_runs(tmp_path):
+    tr, va, lm_cfg = tiny_setup()
+    lm_cfg = LMConfig(**{**lm_cfg.to_dict(), "n_classes": 3})
+    cfg = LMTrainConfig(steps=3, batch_size=2, seq_frames=12, eval_every=3, progress=False)
+    model, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path, labels_train=torch.tensor([0, 1, 2, 0]),
+                           labels_valid=torch.tensor([1, 2]))
+    assert len(hist["loss"]) == 3 and math.isfinite(hist["valid_bits_per_frame"][0])
+    assert generate(model, 4, batch_size=2, cond=torch.tensor([0, 2]), cfg_coef=2.0).shape == (2, 2, 4)

@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from mmdlib.metrics import bitrate, codebook_usage, mel_distance, si_snr
+
+SR = 16000
+
+
+def _ref(b=3, n=8000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 1, n, generator=g)
+
+
+def _noise_orthogonal_to(ref, seed):
+    """Zero-mean noise with <noise, ref - mean(ref)> = 0 per item: SI-SNR is then exactly the SNR."""
+    g = torch.Generator().manual_seed(seed)
+    r = ref.reshape(ref.shape[0], -1).double()
+    r = r - r.mean(dim=1, keepdim=True)
+    e = torch.randn(r.shape, generator=g, dtype=torch.float64)
+    e = e - e.mean(dim=1, keepdim=True)
+    e = e - (e * r).sum(1, keepdim=True) / (r * r).sum(1, keepdim=True) * r
+    return e.reshape(ref.shape)
+
+
+# ---------------------------------------------------------------- SI-SNR
+
+
+def test_si_snr_scaled_copy_is_huge():
+    ref = _ref()
+    assert si_snr(0.3 * ref, ref).shape == (3,)
+    assert (si_snr(0.3 * ref, ref) > 60).all()
+
+
+def test_si_snr_known_noise_ratio():
+    ref = _ref().double()
+    noise = _noise_orthogonal_to(ref, seed=1)
+    for target_db in (-5.0, 0.0, 10.0, 30.0):
+        # scale the noise so that ||ref_centered||^2 / ||noise||^2 = 10^(target/10)
+        p_ref = (ref - ref.mean(-1, keepdim=True)).pow(2).sum(dim=(1, 2), keepdim=True)
+        p_noise = noise.pow(2).sum(dim=(1, 2), keepdim=True)
+        scaled = noise * torch.sqrt(p_ref / p_noise / 10 ** (target_db / 10))
+        out = si_snr(ref + scaled, ref)
+        torch.testing.assert_close(out, torch.full((3,), target_db, dtype=torch.float32), atol=0.01, rtol=0)
+
+
+def test_si_snr_invariant_to_scale_and_offset_of_est():
+    ref = _ref()
+    g = torch.Generator().manual_seed(2)
+    est = ref + 0.5 * torch.randn(ref.shape, generator=g)
+    base = si_snr(est, ref)
+    torch.testing.assert_close(si_snr(7.0 * est, ref), base, atol=1e-4, rtol=0)
+    torch.testing.assert_close(si_snr(0.01 * est + 3.0, ref), base, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="same shape"):
+        si_snr(est, ref[:, :, :-1])
+
+
+# ---------------------------------------------------------------- mel distance
+
+
+def test_mel_distance_zero_then_increasing_with_noise():
+    ref = _ref()
+    assert torch.equal(mel_distance(ref, ref, SR), torch.zeros(3))
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(ref.shape, generator=g)
+    d = torch.stack([mel_distance(ref + s * noise, ref, SR) for s in (0.01, 0.1, 1.0)])  # s b
+    assert (d[0] > 0).all() and (d[1] > d[0]).all() and (d[2] > d[1]).all()
+
+
+def test_mel_distance_float64():
+    ref = _ref().double()
+    assert mel_distance(0.5 * ref, ref, SR).dtype == torch.float64
+
+
+def test_mel_distance_is_per_item():
+    ref = _ref()
+    est = ref + 0.1 * _ref(seed=4)
+    full = mel_distance(est, ref, SR)
+    single = mel_distance(est[1:2], ref[1:2], SR)
+    torch.testing.assert_close(full[1:2], single)
+
+
+# ---------------------------------------------------------------- codebooks, bitrate
+
+
+def test_codebook_usage_uniform_constant_and_two_codes():
+    size = 16
+    uniform = torch.arange(size).repeat(4).reshape(2, 1, 2 * size).expand(2, 3, 2 * size)  # each code 4x
+    out = codebook_usage(uniform, size)
+    torch.testing.assert_close(out["perplexity"], torch.full((3,), float(size)))
+    assert out["used"].tolist() == [size] * 3
+    torch.testing.assert_close(out["ratio"], torch.ones(3))
+
+    const = torch.full((2, 3, 10), 5)
+    out = codebook_usage(const, size)
+    torch.testing.assert_close(out["perplexity"], torch.ones(3))
+    assert out["used"].tolist() == [1, 1, 1]
+
+    mixed = torch.stack([torch.tensor([0, 1] * 5), torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 0])])[None]  # 1 2 10
+    out = codebook_usage(mixed, size)
+    torch.testing.assert_close(out["perplexity"], torch.tensor([2.0, 1.0]))
+
+
+def test_codebook_usage_rejects_out_of_range():
+    with pytest.raises(ValueError, match="range"):
+        codebook_usage(torch.tensor([[[0, 16]]]), 16)
+
+
+def test_bitrate():
+    assert bitrate(4, 2048, 50) == 2200.0
+    assert bitrate(8, 1024, 75) == pytest.approx(6000.0)
+    assert bitrate(1, 2, 1.5) == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        bitrate(0, 2048, 50)
+    assert math.isfinite(bitrate(4, 2048, 50))
