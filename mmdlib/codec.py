@@ -49,7 +49,8 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
     "tiny": CodecConfig(
         sample_rate=16000,
         seanet=SEANetConfig(dim=64, n_filters=16, ratios=(8, 5, 4, 2), n_residual_layers=1, lstm=0),
-        quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256),
+        # 8 x 50 = 400 vectors a batch for 256 codes: a code is dead below 0.5 uses (EMA)
+        quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256, threshold_ema_dead_code=0.5),
     ),
     # The paper's codec: 32 kHz, ratios 8,5,4,4 (hop 640 -> 50 Hz), 64 filters, 4 x 2048 codes.
     "paper": CodecConfig(

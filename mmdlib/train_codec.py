@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from .checkpoint import all_rng_states, atomic_save, restore_rng_states
 from .codec import Codec, CodecConfig, codec_preset
 from .data import make_dataset
 from .dependence import dependence_summary
@@ -42,14 +43,16 @@ class CodecTrainConfig:
     segment_seconds: float = 1.0
     n_train_items: int = 4096       # synthetic clips in the training set (folder: crops per epoch)
     n_valid_items: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
-    # loss weights (plain weights, or targets of the balancer when `balancer=True`)
+    # loss weights (plain weights, or targets of the balancer when `balancer=True`). The tiny
+    # preset favours the waveform L1 (SI-SNR) and keeps the commitment small: with w_commit=1
+    # its encoder collapses onto a few codes for hundreds of steps.
     w_l1: float = 1.0
-    w_mel: float = 1.0
+    w_mel: float = 0.05
     w_adv: float = 4.0
     w_feat: float = 4.0
-    w_commit: float = 1.0
+    w_commit: float = 0.01
     discriminator: bool = False     # MS-STFT discriminator: adversarial + feature matching
     discriminator_size: str = "tiny"  # DiscriminatorConfig.tiny() or .paper()
     balancer: bool = False
@@ -82,7 +85,7 @@ TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
     "tiny": CodecTrainConfig(),
     "paper": CodecTrainConfig(
         preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
-        n_valid_items=256, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
+        n_valid_items=256, lr=3e-4, w_commit=1.0, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
         discriminator_size="paper", balancer=True, mmd_macro_batches=32, eval_every=5000, ckpt_every=5000, device="cuda",
     ),
 }
@@ -167,26 +170,6 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | None = None, batch_
     }
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 # -- the loop --------------------------------------------------------------------------------------
 def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConfig | None = None,
                 stop_at: int | None = None, progress: bool = True) -> dict:
@@ -221,7 +204,8 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["train_config"] != cfg.to_dict() or ckpt["codec_config"] != codec_cfg.to_dict():
+        same = {**ckpt["train_config"], "steps": cfg.steps} == cfg.to_dict()  # steps may grow
+        if not same or ckpt["codec_config"] != codec_cfg.to_dict():
             raise ValueError(f"{ckpt_path} was written with another configuration; "
                              "use a new run_dir or delete the checkpoint")
         model.load_state_dict(ckpt["codec"])
@@ -231,7 +215,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
             opt_d.load_state_dict(ckpt["opt_d"])
         if balancer is not None:
             balancer.load_state_dict(ckpt["balancer"])
-        _set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        restore_rng_states(ckpt["rng"])
         start, history = ckpt["step"], ckpt["history"]
     elif D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -300,12 +284,9 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
                           f"usage {metrics['usage_perplexity_ratio_min']:.2f}, NMI(delay) {metrics['nmi_delay']:.3f}, "
                           f"MMD {metrics['mmd']:.4f}")
         if done % cfg.ckpt_every == 0 or done == end:
-            rngs = [_rng_state()]
-            if D.is_distributed():
-                rngs = [None] * D.world_size()
-                torch.distributed.all_gather_object(rngs, _rng_state())
+            rngs = all_rng_states()
             if D.is_main():
-                _atomic_save({"step": done, "codec": model.state_dict(), "opt": opt.state_dict(),
+                atomic_save({"step": done, "codec": model.state_dict(), "opt": opt.state_dict(),
                               "disc": disc.state_dict() if disc is not None else None,
                               "opt_d": opt_d.state_dict() if opt_d is not None else None,
                               "balancer": balancer.state_dict() if balancer is not None else None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import distributed as ddp
+from .checkpoint import all_rng_states, atomic_save, restore_rng_states
 from .lm import LMConfig, TokenLM, lm_config, nll_sum
 
 
@@ -103,31 +103,15 @@ def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int)
         raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
 
 
-def _rng_states() -> dict:
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_states(s: dict):
-    torch.set_rng_state(s["cpu"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
 def save_checkpoint(path: Path, model, opt, sched, step: int, history: dict, lm_cfg: LMConfig,
                     train_cfg: LMTrainConfig):
     """Collective under DDP (gathers every rank's RNG states); rank 0 writes."""
-    rng = [_rng_states()]
-    if ddp.is_distributed():
-        rng = [None] * ddp.world_size()
-        dist.all_gather_object(rng, _rng_states())
+    rng = all_rng_states()
     if ddp.is_main():
         state = {"model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
                  "lm_config": lm_cfg.to_dict(), "train_config": train_cfg.to_dict()}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_save(state, path)
 
 
 def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
@@ -169,7 +153,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = state["step"], state["history"]
-        _set_rng_states(state["rng"][rank] if len(state["rng"]) == world else state["rng"][0])
+        restore_rng_states(state["rng"])
     net = ddp.wrap_ddp(model, device)
     pat = model.make_pattern(train_cfg.seq_frames).to(device)
     valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard

@@ -26,7 +26,7 @@ def config(**kw):
 def test_resume_reproduces_uninterrupted_run(tmp_path, discriminator):
     cfg = config(discriminator=discriminator)
     full = train_codec(cfg, tmp_path / "full", codec_cfg=SMALL, progress=False)
-    # interrupted at step 4 (mid macro-batch: the MMD step is 6), then resumed
+    # macro-batches are steps 0-2 and 3-5; interrupted after step 3 (mid macro-batch), resumed
     train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, stop_at=4, progress=False)
     resumed = train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, progress=False)
     assert resumed["last_losses"] == full["last_losses"]
@@ -50,7 +50,10 @@ def test_same_seed_same_numbers(tmp_path):
 def test_resume_refuses_other_config(tmp_path):
     train_codec(config(steps=2), tmp_path, codec_cfg=SMALL, progress=False)
     with pytest.raises(ValueError, match="another configuration"):
-        train_codec(config(steps=2, lr=1e-3), tmp_path, codec_cfg=SMALL, progress=False)
+        train_codec(config(steps=2, lr=5e-4), tmp_path, codec_cfg=SMALL, progress=False)
+    # raising the step count extends the run instead
+    out = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
+    assert [h["step"] for h in out["history"]] == [2, 3]
 
 
 def test_bad_parameters():

@@ -1,0 +1,240 @@
+import pytest
+import torch
+
+from mmdlib.mmd import (
+    MMDConfig,
+    gather_streams,
+    mmd2,
+    mmd_independence,
+    shuffle_streams,
+    standardize,
+    streams_to_samples,
+)
+from mmdlib.patterns import delay_align
+
+SCALES = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)
+
+
+def brute_force_mmd2(x, y, scales, unbiased):
+    """Plain float64 formula: three dense kernel matrices."""
+    x, y = x.double(), y.double()
+
+    def k(a, b):
+        d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return sum(torch.exp(-d / (2 * s)) for s in scales)
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    n = x.shape[0]
+    if unbiased:
+        off = ~torch.eye(n, dtype=torch.bool)
+        return (kxx[off].sum() + kyy[off].sum() - 2 * kxy[off].sum()) / (n * (n - 1))
+    return (kxx.sum() + kyy.sum() - 2 * kxy.sum()) / (n * n)
+
+
+def dependent_streams(b=4, d=2, t=64, seed=0, noise=0.3):
+    """Stream 1 is a noisy function of stream 0; stream 2 is independent."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, 3, d, t, generator=g)
+    s[:, 1] = torch.tanh(2 * s[:, 0]) + noise * torch.randn(b, d, t, generator=g)
+    return s
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_exact_matches_brute_force(estimator):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    y = 0.5 * x + torch.randn(50, 6, generator=g, dtype=torch.float64)
+    ours = mmd2(x, y, SCALES, estimator, block_size=16)
+    ref = brute_force_mmd2(x, y, SCALES, estimator == "unbiased")
+    assert abs(ours - ref) / abs(ref) < 1e-6
+
+
+def test_sources_leave_out_coincident_pairs():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randn(20, 3, generator=g, dtype=torch.float64)
+    sources = torch.stack([torch.arange(20), torch.randperm(20, generator=g), torch.arange(20)])  # repeat on purpose
+    d = ((x[:, None] - y[None]) ** 2).sum(-1)
+    kxy = sum(torch.exp(-d / (2 * s)) for s in SCALES)
+    keep = torch.ones(20, 20, dtype=torch.bool)
+    keep[sources, torch.arange(20).expand(3, 20)] = False
+    expected = brute_force_mmd2(x, y, SCALES, True) + 2 * (kxy[~torch.eye(20, dtype=torch.bool)].sum() / 380) \
+        - 2 * kxy[keep].sum() / keep.sum()
+    assert torch.allclose(mmd2(x, y, SCALES, "unbiased", block_size=7, sources=sources), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_blocked_equals_unblocked(estimator):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 8, generator=g)
+    y = torch.randn(64, 8, generator=g)
+    sources = torch.stack([torch.randperm(64, generator=g) for _ in range(3)])
+    values = [mmd2(x, y, SCALES, estimator, block_size=b, sources=sources) for b in (7, 64, 1000)]
+    for v in values[1:]:
+        assert torch.allclose(v, values[0], rtol=1e-5, atol=1e-7)
+
+
+def test_batched_leading_dims_match_loop():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(3, 32, 4, generator=g), torch.randn(3, 32, 4, generator=g)
+    batched = mmd2(x, y, SCALES, block_size=10)
+    assert torch.allclose(batched, torch.stack([mmd2(x[i], y[i], SCALES) for i in range(3)]), rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_blocked_backward():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(24, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(24, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    sources = torch.stack([torch.randperm(24, generator=g) for _ in range(2)])
+    for est in ("unbiased", "biased"):
+        assert torch.autograd.gradcheck(lambda a, b: mmd2(a, b, (0.5, 2.0), est, 5, sources=sources), (x, y))
+
+
+def test_independent_near_zero_dependent_large():
+    cfg = MMDConfig(align="none")
+    indep = torch.stack([mmd_independence(torch.randn(4, 3, 2, 64, generator=torch.Generator().manual_seed(s)), cfg, seed=s)
+                         for s in range(10)])
+    dep = torch.stack([mmd_independence(dependent_streams(seed=s), cfg, seed=s) for s in range(10)])
+    assert abs(indep.mean()) < 3 * indep.std() / 10**0.5 + 1e-4  # mean-zero estimator under H0
+    assert dep.min() > 10 * indep.abs().max()
+
+
+def test_gradients_reach_encoder():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(5, 3 * 2)  # frame features -> 3 streams of dim 2
+    frames = torch.randn(4, 40, 5)
+    streams = encoder(frames).reshape(4, 40, 3, 2).permute(0, 2, 3, 1)  # [b, k, d, t]
+    loss = mmd_independence(streams, MMDConfig(), seed=0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(encoder.weight.grad).all() and encoder.weight.grad.abs().sum() > 0
+
+
+def test_gradient_descent_lowers_the_loss():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(4, 4)  # 2 streams of dim 2, initially mixing the same inputs
+    frames = torch.randn(2, 128, 4)
+    opt = torch.optim.Adam(encoder.parameters(), lr=0.05)
+    cfg = MMDConfig(align="none", scales=(1.0, 5.0))
+    losses = []
+    for step in range(30):
+        streams = encoder(frames).reshape(2, 128, 2, 2).permute(0, 2, 3, 1)
+        loss = mmd_independence(streams, cfg, seed=step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_constant_stream_gives_finite_value_and_zero_grad():
+    s = torch.randn(2, 3, 2, 20)
+    s[:, 1] = 3.0
+    s.requires_grad_(True)
+    loss = mmd_independence(s, MMDConfig(align="none"), seed=0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    assert s.grad[:, 1].abs().max() == 0
+
+
+def test_bad_input_raises():
+    bad = torch.randn(2, 2, 3, 8)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        mmd_independence(bad, seed=0)
+    with pytest.raises(ValueError, match=r"\(1, 2, 3, 4\)"):
+        mmd_independence(torch.randn(1, 2, 3, 4), seed=0)  # delay leaves 3 samples
+    with pytest.raises(ValueError, match="groups"):
+        mmd_independence(torch.randn(2, 3, 2, 8), MMDConfig(groups=[[0, 1]]), seed=0)
+    with pytest.raises(ValueError, match="estimator"):
+        MMDConfig(estimator="dense")
+
+
+def test_delay_samples_match_patterns():
+    s = torch.randn(2, 4, 3, 10)
+    samples = streams_to_samples(s, "delay")
+    assert torch.equal(samples, delay_align(s).permute(0, 3, 1, 2).reshape(-1, 4, 3))
+    assert streams_to_samples(s, "none").shape == (20, 4, 3)
+
+
+def lagged_streams(lag, seed=0):
+    """Stream 0 at frame t depends on stream 1 at frame t - lag.
+
+    The delay pattern predicts (z_0[s], z_1[s-1]) in one step, so lag 1 is the dependence it
+    cannot model and the delay-aligned MMD must see."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(4, 1, 2, 80, generator=g)
+    z0 = torch.randn(4, 1, 2, 80, generator=g) * 0.3
+    z0[..., lag:] += torch.tanh(2 * z1[..., : 80 - lag])
+    return torch.cat([z0, z1], dim=1)
+
+
+def test_delay_alignment_finds_lagged_dependence():
+    delay, none = MMDConfig(align="delay"), MMDConfig(align="none")
+    lag1 = lagged_streams(1)
+    lag0 = lagged_streams(0)
+    assert mmd_independence(lag1, delay, seed=0) > 10 * abs(mmd_independence(lag1, none, seed=0))
+    assert mmd_independence(lag0, none, seed=0) > 10 * abs(mmd_independence(lag0, delay, seed=0))
+
+
+def test_groups_ignore_within_group_dependence():
+    s = torch.randn(4, 4, 2, 64, generator=torch.Generator().manual_seed(5))
+    s[:, 1] = torch.tanh(2 * s[:, 0]) + 0.3 * s[:, 1]  # dependence inside group [0, 1] only
+    within = mmd_independence(s, MMDConfig(align="none", groups=[[0, 1], [2, 3]]), seed=0)
+    alone = mmd_independence(s, MMDConfig(align="none"), seed=0)
+    assert alone > 10 * abs(within)
+
+
+def test_shuffle_keeps_group_rows_together():
+    samples = torch.arange(10.0)[:, None, None].expand(10, 4, 1).clone()  # each row: its index
+    out = shuffle_streams(samples, [[0, 2], [1, 3]], torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0], out[:, 2]) and torch.equal(out[:, 1], out[:, 3])
+    assert torch.equal(out[:, 0, 0].sort().values, torch.arange(10.0))
+    assert not torch.equal(out[:, 0], out[:, 1])
+
+
+def test_standardize_is_scale_invariant():
+    s = torch.randn(2, 2, 3, 30)
+    a = mmd_independence(s, MMDConfig(align="none"), seed=1)
+    b = mmd_independence(s * torch.tensor([10.0, 0.1])[None, :, None, None] + 4, MMDConfig(align="none"), seed=1)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(standardize(torch.randn(50, 2, 3)).std(0, unbiased=False), torch.ones(2, 3), atol=1e-3)
+
+
+def test_rff_close_to_exact_small():
+    s = dependent_streams(b=8, t=256, seed=6)  # N = 2048
+    exact = mmd_independence(s, MMDConfig(align="none"), seed=0)
+    rff = mmd_independence(s, MMDConfig(align="none", estimator="rff", n_features=4096), seed=0)
+    assert abs(rff - exact) < 0.15 * exact
+
+
+@pytest.mark.slow
+def test_rff_within_10_percent_at_16384():
+    s = dependent_streams(b=16, t=1024, seed=7)  # N = 16384
+    exact = mmd_independence(s, MMDConfig(align="none", block_size=512), seed=0)
+    rff = mmd_independence(s, MMDConfig(align="none", estimator="rff", n_features=4096), seed=0)
+    assert abs(rff - exact) < 0.1 * exact
+
+
+def test_rff_gradients_finite():
+    s = dependent_streams(seed=8).requires_grad_(True)
+    loss = mmd_independence(s, MMDConfig(estimator="rff", n_features=256), seed=0)
+    loss.backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_gather_streams_identity_without_distributed():
+    s = torch.randn(2, 3, 4, 5)
+    assert gather_streams(s) is s
+
+
+def test_gather_streams_world_of_one(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        s = torch.randn(2, 3, 4, 5, requires_grad=True)
+        out = gather_streams(s)
+        out.sum().backward()
+        assert torch.equal(out, s) and torch.equal(s.grad, torch.ones_like(s))
+    finally:
+        dist.destroy_process_group()
