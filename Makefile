@@ -4,28 +4,35 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PRESET  ?= tiny
 DEVICE  ?= cpu
-RUN_DIR ?= runs/$(PRESET)
 
-.PHONY: setup run test unit codec bench lab clean
+.PHONY: setup run test unit nbval notebooks bench lab clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks,fad]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# the main job: the tiny codec training run (the notebook pipeline once it exists)
+# the main job: the notebook pipeline 00..05 on the tiny preset (CPU, about a quarter of an hour)
 run: setup
-	$(BIN)/python -m mmdlib.train_codec --preset $(PRESET) --run-dir $(RUN_DIR)/codec --set device=$(DEVICE)
+	$(BIN)/python scripts/run_pipeline.py --preset $(PRESET) --device $(DEVICE)
 
-test: setup
-	$(BIN)/python -m pytest -q tests
+# what CI runs (.ci/run): the unit tests, then nbval re-executes the notebooks and compares outputs
+test: unit nbval
 
 unit: setup
 	$(BIN)/python -m pytest -q tests
+
+nbval: setup
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env notebooks
+
+# refresh the outputs committed with the notebooks (and figures/) from a fresh tiny run
+notebooks: setup
+	rm -rf runs/tiny
+	$(BIN)/python scripts/run_pipeline.py --inplace
 
 bench: setup
 	$(BIN)/python -m mmdlib.bench codec

@@ -20,7 +20,11 @@ Estimators (N = number of samples, i, j run over 1..N):
               - 2 Σ_{(i,j)∉S} k(x_i,y_j) / (N² - |S|)
     biased    [Σ_{i,j} k(x_i,x_j) + Σ_{i,j} k(y_i,y_j) - 2 Σ_{i,j} k(x_i,y_j)] / N²  (V-statistic)
     rff       the unbiased formula with k replaced by a random Fourier feature kernel φ(x)·φ(y),
-              computed in O(N) from sums of features (see `_mmd2_rff`).
+              computed in O(N) from sums of features (see `_mmd2_rff`). Its error is dominated by
+              the number of features, not N: measured on K·D = 4×64 streams with a shared 2-d
+              latent (MMD² ≈ 0.07), mean (max over 4 draws) relative error vs exact:
+              N=4096: 512 feats 22% (38%), 2048: 9% (18%), 8192: 1.7% (3.7%);
+              N=16384: 512 feats 15% (23%), 2048: 3.7% (6.1%), 8192: 3.3% (6.4%).
 
 S is the set of "coincident" cross pairs, given by `sources` [g, N]: y_j was built from rows
 sources[:, j] of x. The default, sources = [0..N-1], gives S = {i = j} and the textbook U-statistic
@@ -43,7 +47,7 @@ Memory: the exact estimators work on row blocks of `block_size` rows against all
 the three N×N kernel matrices are never built: forward peak extra memory is a few block×N
 matrices. The gradient is a custom autograd function that recomputes each block in backward and
 forms the gradient in closed form (∂k/∂x_i = -Σ_a k_a (x_i - y_j) / a), so backward has the same
-O(N·block) peak and costs about 2× the forward time. It does not support double backward.
+O(N·block) peak; measured, forward+backward takes about 2× the forward alone. No double backward.
 """
 from __future__ import annotations
 
@@ -267,15 +271,15 @@ def rff_frequencies(
     return torch.cat([torch.randn(f, m, generator=generator) / math.sqrt(a) for a in scales], dim=1)
 
 
-def _features(x: Tensor, w: Tensor) -> Tensor:
-    """φ(x)·√m = [cos(xW), sin(xW)]: [..., n, f] -> [..., n, 2F]."""
+def _feature_sum(x: Tensor, w: Tensor) -> Tensor:
+    """Σ_i φ(x_i)·√m = Σ_i [cos(x_i W), sin(x_i W)]: [n, f] -> [2F]."""
     p = x @ w
-    return torch.cat([torch.cos(p), torch.sin(p)], dim=-1)
+    return torch.cat([torch.cos(p).sum(0), torch.sin(p).sum(0)])
 
 
 def _rff_sums(xb: Tensor, yb: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Per block: Σ_i φ(x_i)·√m and Σ_j φ(y_j)·√m, each [2F]."""
-    return _features(xb, w).sum(0), _features(yb, w).sum(0)
+    return _feature_sum(xb, w), _feature_sum(yb, w)
 
 
 def _coincident_kernel_sum(x: Tensor, y: Tensor, sources: Tensor, scales: tuple[float, ...]) -> Tensor:

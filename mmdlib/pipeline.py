@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,9 @@ ALIGNS = ("delay", "none")
 class PipelineError(ValueError):
     """A bad notebook parameter or a missing artifact; the message says what to do."""
 
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"\x1b[31mPipelineError\x1b[0m: {self}"]
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -54,7 +57,7 @@ class PipelineConfig:
     # codecs (01): one per MMD weight λ, trained with mmdlib.train_codec
     codec_preset: str = "tiny"                  # train_codec.TRAIN_PRESETS (also the codec architecture)
     codec_steps: int | None = 600               # None: the training preset's own
-    codec_eval_every: int | None = 200          # None: the training preset's own
+    codec_eval_every: int | None = 100          # None: the training preset's own
     lambdas: tuple[float, ...] = (0.0, 100.0)   # MMD weights; 0 is the baseline codec
     align: str = "delay"                        # MMD pairing of the streams: "delay" or "none"
     # data: "synthetic" or a folder of audio files
@@ -64,13 +67,14 @@ class PipelineConfig:
     n_token_train: int = 256                    # clips tokenised for LM training
     n_token_valid: int = 64                     # held-out clips: dependence (02), bits/frame (03)
     # dependence (02)
+    mmd_samples: int = 4096                     # held-out frames for the MMD statistic (cost ∝ frames²)
     n_permutations: int = 100                   # permutation test of the MMD statistic
-    perm_samples: int = 1024                    # frames used by the permutation test
+    perm_samples: int = 600                     # frames used by the permutation test
     # language models (03): one per (codec, pattern)
     patterns: tuple[str, ...] = ("parallel", "delay", "flatten")
     lm_preset: str = "tiny"                     # lm.LM_PRESETS
     lm_train_preset: str = "tiny"               # train_lm.LM_TRAIN_PRESETS
-    lm_steps: int | None = 250                  # None: the training preset's own
+    lm_steps: int | None = 500                  # None: the training preset's own
     lm_seq_frames: int | None = 50              # training crop length; None: the preset's own
     lm_eval_every: int | None = 125
     # generation (04)
@@ -100,12 +104,20 @@ class PipelineConfig:
 PIPELINE_PRESETS: dict[str, PipelineConfig] = {
     # the whole sequence on a 2-core CPU in about a quarter of an hour
     "tiny": PipelineConfig(),
+    # the plumbing only (every notebook end to end in a few minutes): numbers mean nothing
+    "smoke": PipelineConfig(
+        codec_steps=20, codec_eval_every=10, clip_seconds=2.0, n_token_train=16, n_token_valid=8,
+        mmd_samples=512, n_permutations=20, perm_samples=256, lm_steps=10, lm_seq_frames=50, lm_eval_every=5,
+        gen_seconds=1.0, n_gen=2, run_dir="runs/smoke", fig_dir="runs/smoke/figures",
+    ),
     # the paper's scale, for GPUs: preset-length training, λ = 1000, 30 s token crops
     "paper": PipelineConfig(
         codec_preset="paper", codec_steps=None, codec_eval_every=None, lambdas=(0.0, 1000.0),
-        clip_seconds=30.0, n_token_train=4096, n_token_valid=256, n_permutations=200, perm_samples=4096,
+        clip_seconds=30.0, n_token_train=4096, n_token_valid=256, mmd_samples=16384, n_permutations=200,
+        perm_samples=4096,
         lm_preset="paper", lm_train_preset="paper", lm_steps=None, lm_seq_frames=None, lm_eval_every=None,
         gen_seconds=10.0, n_gen=8, top_k=250, device="cuda", threads=None, run_dir="runs/paper",
+        fig_dir="figures/paper",
     ),
 }
 
@@ -196,7 +208,7 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
     if "patterns" in over:
         over["patterns"] = _as_list("patterns", over["patterns"], str)
     for name in ("codec_steps", "codec_eval_every", "lm_steps", "lm_seq_frames", "lm_eval_every",
-                 "n_token_train", "n_token_valid", "n_permutations", "perm_samples", "n_gen", "top_k", "threads"):
+                 "n_token_train", "n_token_valid", "mmd_samples", "n_permutations", "perm_samples", "n_gen", "top_k", "threads"):
         if name in over:
             over[name] = _check_positive(name, over[name])
     for name in ("clip_seconds", "gen_seconds", "temperature"):
@@ -351,7 +363,6 @@ def dataset(cfg: PipelineConfig, split: str, n_items: int, seconds: float | None
 def codec_train_config(cfg: PipelineConfig, lam: float):
     """The CodecTrainConfig of the codec with MMD weight `lam`: train_preset(cfg.codec_preset) with
     this run's steps, λ, alignment, data, seed and device."""
-    from .mmd import MMDConfig
     from .train_codec import TRAIN_PRESETS, train_preset
 
     base = TRAIN_PRESETS[cfg.codec_preset]
@@ -360,6 +371,7 @@ def codec_train_config(cfg: PipelineConfig, lam: float):
                 cache_dir=data_cache_dir(cfg))
     if cfg.codec_steps is not None:
         over["steps"] = cfg.codec_steps
+        over["mmd_start"] = min(base.mmd_start, 2 * cfg.codec_steps // 3)  # short runs: the MMD still gets steps
     if cfg.codec_eval_every is not None:
         over["eval_every"] = min(cfg.codec_eval_every, over.get("steps", base.steps))
     return train_preset(cfg.codec_preset, **over)
@@ -414,20 +426,21 @@ def _token_meta(cfg: PipelineConfig, lam: float, split: str, n_items: int) -> di
 
 def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = None) -> torch.Tensor:
     """The codes `n k t` of the train or valid clips under codec `lam`, cached in run_dir/tokens/
-    (recomputed when the codec checkpoint or the data parameters change)."""
+    as `<split>.pt` (a plain long tensor, what `python -m mmdlib.train_lm --train/--valid` reads) and
+    `<split>.json` (what it was computed from: recomputed when the codec or data parameters change)."""
     if split not in ("train", "valid"):
         raise PipelineError(f"split={split!r}: expected 'train' or 'valid'")
     n_items = cfg.n_token_train if split == "train" else cfg.n_token_valid
     meta = _token_meta(cfg, lam, split, n_items)
     path = token_path(cfg, lam, split)
-    if path.is_file():
-        saved = torch.load(path, weights_only=False)
-        if saved["meta"] == meta:
-            return saved["codes"]
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        return torch.load(path)
     codec = codec or load_codec(cfg, lam)
     codes = tokenise(codec, dataset(cfg, split, n_items), device=cfg.device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"codes": codes, "meta": meta}, path)
+    torch.save(codes, path)
+    write_json(meta_path, meta)
     return codes
 
 
@@ -474,8 +487,14 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
             return saved | {"resumed": True}
         raise PipelineError(f"{out} holds an LM trained with another configuration (or on other tokens); "
                             "delete that folder or choose another run_dir")
-    if (out / "ckpt.pt").is_file() and not metrics_path.is_file():
-        (out / "ckpt.pt").unlink()  # an interrupted run of unknown configuration: start over
+    if (out / "ckpt.pt").is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume
+        state = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
+        ignore = ("progress", "device", "eval_batch_size")
+        same = lambda a, b: {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+        saved = json.loads(json.dumps({k: state[k] for k in ("lm_config", "train_config")}))
+        if saved["lm_config"] != configs["lm_config"] or not same(saved["train_config"], configs["train_config"]):
+            raise PipelineError(f"{out / 'ckpt.pt'} was written with another LM or training configuration; "
+                                "delete that folder or choose another run_dir")
     t0 = time.time()
     model, history = train_lm(train, valid, lm_cfg, tcfg, out)
     result = configs | {"history": history, "valid_bits_per_frame": history["valid_bits_per_frame"][-1],
@@ -579,12 +598,11 @@ def dependence_run(cfg: PipelineConfig, lam: float, codec: Codec | None = None) 
     the codes (lag 0 and delay-aligned), their summary, the MMD of the residual streams
     (delay-aligned and not) and permutation-test p-values. Written to dependence_path."""
     from .dependence import dependence_summary, pairwise_mi, permutation_test
-    from .mmd import MMDConfig, mmd_independence
+    from .mmd import mmd_independence
 
     codec = codec or load_codec(cfg, lam)
     size = codec.cfg.quantizer.codebook_size
     codes = tokens(cfg, lam, "valid", codec)
-    streams = residual_streams(codec, dataset(cfg, "valid", cfg.n_token_valid), device=cfg.device)
     out = {"codec": codec_name(lam, cfg.align), "lambda": lam, "n_clips": len(codes), "frames": codes.shape[-1]}
     for tag, align in (("lag0", "none"), ("delay", "delay")):
         r = pairwise_mi(codes, size, align)
@@ -592,13 +610,17 @@ def dependence_run(cfg: PipelineConfig, lam: float, codec: Codec | None = None) 
         out[f"nmi_{tag}"] = r["nmi"].tolist()
         out["entropy"] = r["entropy"].tolist()
     out["summary"] = dependence_summary(codes, size)
-    n_clips = max(1, math.ceil(cfg.perm_samples / streams.shape[-1]))
+    n_mmd = max(1, math.ceil(cfg.mmd_samples / codes.shape[-1]))  # whole clips, the first ones
+    n_perm = max(1, math.ceil(cfg.perm_samples / codes.shape[-1]))
+    streams = residual_streams(codec, dataset(cfg, "valid", cfg.n_token_valid), max(n_mmd, n_perm), device=cfg.device)
+    out["mmd_samples"] = int(min(n_mmd, len(streams)) * streams.shape[-1])
     for tag, align in (("lag0", "none"), ("delay", "delay")):
-        mcfg = MMDConfig(align=align)
-        out[f"mmd_{tag}"] = float(mmd_independence(streams, mcfg, seed=cfg.seed))
-        test = permutation_test(streams[:n_clips], mcfg, cfg.n_permutations, seed=cfg.seed)
+        mcfg = dataclasses.replace(codec_train_config(cfg, lam).mmd, align=align)  # as the λ > 0 codecs train
+        out[f"mmd_{tag}"] = float(mmd_independence(streams[:n_mmd], mcfg, seed=cfg.seed))
+        test = permutation_test(streams[:n_perm], mcfg, cfg.n_permutations, seed=cfg.seed)
         out[f"perm_{tag}"] = {"statistic": test["statistic"], "p_value": test["p_value"],
-                              "null": test["null"].tolist(), "n_samples": int(n_clips * streams.shape[-1])}
+                              "null": test["null"].tolist(),
+                              "n_samples": int(min(n_perm, len(streams)) * streams.shape[-1])}
     write_json(dependence_path(cfg, lam), out)
     return out
 
@@ -621,6 +643,7 @@ def collect_results(cfg: PipelineConfig) -> dict:
             "codec": name, "lambda": lam, "align": cfg.align, "steps": final["step"],
             "sisnr_db": final["sisnr_db"], "mel_distance": final["mel_distance"],
             "usage_ratio_min": final["usage_perplexity_ratio_min"],
+            "code_entropy_bits": dep["summary"]["entropy_mean"] if dep else None,
             "nmi_lag0": dep["summary"]["nmi_lag0"] if dep else final["nmi_lag0"],
             "nmi_delay": dep["summary"]["nmi_delay"] if dep else final["nmi_delay"],
             "mmd_delay": dep["mmd_delay"] if dep else None,
@@ -639,6 +662,10 @@ def collect_results(cfg: PipelineConfig) -> dict:
                 "gen_seconds_per_audio_second": gen["real_time_factor"] if gen else None,
                 "gen_nmi_delay": gen.get("nmi_delay") if gen else None,
             })
+    flat = {r["codec"]: r["valid_bits_per_frame"] for r in lms if r["pattern"] == "flatten"}
+    for r in lms:
+        f, b = flat.get(r["codec"]), r["valid_bits_per_frame"]
+        r["gap_vs_flatten"] = b - f if f is not None and b is not None and r["pattern"] != "flatten" else None
     return {"preset_config": cfg.to_dict(), "codecs": codecs, "lms": lms}
 
 
@@ -652,16 +679,18 @@ def results_markdown(results: dict) -> str:
     lines = [f"Run `{c['run_dir']}`: codec preset `{c['codec_preset']}`, LM preset `{c['lm_preset']}`, "
              f"device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
              "notebooks/05_report.ipynb.", "",
-             "| codec | λ | SI-SNR (dB) ↑ | mel dist. ↓ | NMI lag 0 ↓ | NMI delay ↓ | MMD² delay ↓ | p-value (indep.) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| codec | λ | SI-SNR (dB) ↑ | mel dist. ↓ | code entropy (bits) | NMI lag 0 ↓ | NMI delay ↓ "
+             "| MMD² delay ↓ | p-value (indep.) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["codecs"]:
         lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r['sisnr_db'], '.2f')} | {_cell(r['mel_distance'], '.3f')} "
-                     f"| {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
+                     f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
                      f"| {_cell(r['p_value_delay'], '.3f')} |")
-    lines += ["", "| codec | pattern | held-out bits/frame ↓ | generation steps | generation s / audio s ↓ "
-                  "| NMI delay of generated codes |", "|---|---|---|---|---|---|"]
+    lines += ["", "| codec | pattern | held-out bits/frame ↓ | − flatten | generation steps | generation s / audio s ↓ "
+                  "| NMI delay of generated codes |", "|---|---|---|---|---|---|---|"]
     for r in results["lms"]:
         lines.append(f"| {r['codec']} | {r['pattern']} | {_cell(r['valid_bits_per_frame'], '.2f')} | "
+                     f"{_cell(r['gap_vs_flatten'], '+.2f')} | "
                      f"{_cell(r['gen_steps'], 'd')} | {_cell(r['gen_seconds_per_audio_second'], '.3f')} | "
                      f"{_cell(r['gen_nmi_delay'], '.3f')} |")
     return "\n".join(lines) + "\n"

@@ -92,7 +92,8 @@ def heatmaps(matrices: dict[str, np.ndarray], title: str = "", vmax: float | Non
     vmax = vmax if vmax is not None else max(float(np.nanmax(m)) for m in mats.values()) or 1.0
     ncols = ncols or len(mats)
     nrows = -(-len(mats) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 0.8, 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 1.0, 3.2 * nrows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(mats):]:
         ax.axis("off")
     for ax, (name, m) in zip(axes.flat, mats.items()):
@@ -103,7 +104,8 @@ def heatmaps(matrices: dict[str, np.ndarray], title: str = "", vmax: float | Non
                 if np.isfinite(m[i, j]):
                     ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=8,
                             color="white" if m[i, j] < 0.6 * vmax else "black")
-        ax.set(xticks=range(k), yticks=range(k), xlabel="codebook", ylabel="codebook", title=name)
+        ax.set(xticks=range(k), yticks=range(k), xlabel="codebook", ylabel="codebook")
+        ax.set_title(name, fontsize=9)
         ax.grid(False)
     fig.colorbar(im, ax=axes, shrink=0.8)
     if title:
@@ -112,11 +114,12 @@ def heatmaps(matrices: dict[str, np.ndarray], title: str = "", vmax: float | Non
 
 
 def joint_histograms(codes: dict[str, torch.Tensor], pairs: list[tuple[int, int]], codebook_size: int,
-                     lag: int = 0):
+                     lag: int | str = 0, top: int | None = None):
     """Joint histograms of the codes of codebook pairs (i, j): rows codecs, columns pairs. Codes are
     sorted by frequency on each axis, so an independent pair looks like a smooth product
     (mass in the top-left corner fading out) and a dependent one shows structure. lag: pair
-    codebook i at frame t with codebook j at frame t - lag (lag = j - i is the delay alignment)."""
+    codebook i at frame t with codebook j at frame t - lag ("delay": lag = j - i, the delay alignment).
+    top: keep only the `top` most frequent codes of each axis (a denser picture)."""
     fig, axes = plt.subplots(len(codes), len(pairs), figsize=(3.2 * len(pairs), 3.1 * len(codes)), squeeze=False)
     for r, (name, c) in enumerate(codes.items()):
         c = c.long().cpu()
@@ -129,7 +132,7 @@ def joint_histograms(codes: dict[str, torch.Tensor], pairs: list[tuple[int, int]
             h = torch.bincount(a * codebook_size + b, minlength=codebook_size**2).view(codebook_size, codebook_size)
             ra = torch.argsort(h.sum(1), descending=True)
             rb = torch.argsort(h.sum(0), descending=True)
-            h = h[ra][:, rb].float()
+            h = h[ra][:, rb].float()[:top, :top]
             ax = axes[r, col]
             ax.imshow(np.log10(1 + h.numpy()), cmap="Greys", aspect="auto", interpolation="nearest")
             ax.set(title=f"{name}: k{i} × k{j}", xlabel=f"code of k{j} (by freq.)", ylabel=f"code of k{i} (by freq.)",
@@ -242,3 +245,16 @@ def pattern_grids(patterns: list[str], n_q: int = 4, n_frames: int = 6):
         ax.grid(False)
     fig.tight_layout()
     return fig
+
+
+def show_jpeg(fig, quality: int = 85) -> None:
+    """Display a figure as JPEG and close it (for noisy images such as spectrograms, whose PNG is
+    ~10x larger inside a saved notebook)."""
+    import io
+
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", bbox_inches="tight", pil_kwargs={"quality": quality})
+    plt.close(fig)
+    display(Image(data=buf.getvalue(), format="jpeg"))

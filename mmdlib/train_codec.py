@@ -58,6 +58,8 @@ class CodecTrainConfig:
     balancer: bool = False
     # the independence loss, outside the balancer (paper: weight 1000, 32 batches, delay-aligned)
     mmd_weight: float = 0.0
+    mmd_start: int = 400            # steps of reconstruction only before the MMD loss is on: from a
+                                    # fresh encoder (tiny latent variance) it collapses the codebooks
     mmd_macro_batches: int = 4
     mmd: MMDConfig = field(default_factory=MMDConfig)
     eval_every: int = 200
@@ -67,6 +69,8 @@ class CodecTrainConfig:
     cache_dir: str | None = None    # on-disk cache of decoded audio (folder data)
 
     def __post_init__(self):
+        if self.mmd_start < 0:
+            raise ValueError(f"training parameter mmd_start={self.mmd_start} must be >= 0")
         for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
@@ -82,10 +86,12 @@ class CodecTrainConfig:
 
 
 TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
-    "tiny": CodecTrainConfig(),
+    # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder lowers
+    # the loss by spreading its latents until every kernel vanishes, and the codes stay as dependent
+    "tiny": CodecTrainConfig(mmd=MMDConfig(normalize_distance=True)),
     "paper": CodecTrainConfig(
         preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
-        n_valid_items=256, lr=3e-4, w_commit=1.0, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
+        n_valid_items=256, mmd_start=0, lr=3e-4, w_commit=1.0, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
         discriminator_size="paper", balancer=True, mmd_macro_batches=32, eval_every=5000, ckpt_every=5000, device="cuda",
     ),
 }
@@ -223,8 +229,9 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     gen = D.wrap_ddp(model, device)
     disc_ddp = D.wrap_ddp(disc, device) if disc is not None else None
     M = cfg.mmd_macro_batches
-    # the macro-batch: the inputs of the steps since the last MMD step (rebuilt exactly on resume)
-    pending = [get_batch(train_set, cfg, s, rank) for s in range(start - start % M, start)] if cfg.mmd_weight else []
+    # macro-batches: blocks of M steps counted from mmd_start (rebuilt exactly on resume)
+    first = cfg.mmd_start + max(0, start - cfg.mmd_start) // M * M
+    pending = [get_batch(train_set, cfg, s, rank) for s in range(first, start)] if cfg.mmd_weight else []
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and D.is_main()),
                desc="codec", dynamic_ncols=True)
@@ -254,7 +261,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
             losses["d"] = loss_d.detach()
 
         extra = cfg.w_commit * out.commit_loss
-        if cfg.mmd_weight:
+        if cfg.mmd_weight and step >= cfg.mmd_start:
             pending.append(wav)
             if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
                 streams = torch.cat([model.encode_streams(w, checkpoint=True) for w in pending])

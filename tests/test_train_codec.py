@@ -16,7 +16,7 @@ SMALL = CodecConfig(
 
 
 def config(**kw):
-    base = dict(steps=6, batch_size=2, segment_seconds=0.2, n_train_items=8, n_valid_items=2,
+    base = dict(steps=7, mmd_start=1, batch_size=2, segment_seconds=0.2, n_train_items=8, n_valid_items=2,
                 eval_every=3, ckpt_every=2, mmd_weight=10.0, mmd_macro_batches=3,
                 mmd=MMDConfig(block_size=64))
     return train_preset("tiny", **(base | kw))
@@ -26,8 +26,8 @@ def config(**kw):
 def test_resume_reproduces_uninterrupted_run(tmp_path, discriminator):
     cfg = config(discriminator=discriminator)
     full = train_codec(cfg, tmp_path / "full", codec_cfg=SMALL, progress=False)
-    # macro-batches are steps 0-2 and 3-5; interrupted after step 3 (mid macro-batch), resumed
-    train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, stop_at=4, progress=False)
+    # MMD macro-batches are steps 1-3 and 4-6; interrupted after step 4 (mid macro-batch), resumed
+    train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, stop_at=5, progress=False)
     resumed = train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, progress=False)
     assert resumed["last_losses"] == full["last_losses"]
     assert "mmd" in full["last_losses"]
@@ -54,6 +54,9 @@ def test_resume_refuses_other_config(tmp_path):
     # raising the step count extends the run instead
     out = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
     assert [h["step"] for h in out["history"]] == [2, 3]
+    # a finished run started again trains nothing and returns its saved results
+    again = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
+    assert again["history"] == out["history"] and again["last_losses"] == {}
 
 
 def test_bad_parameters():
