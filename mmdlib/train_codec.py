@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class CodecTrainConfig:
     n_train_items: int = 4096       # synthetic clips in the training set (folder: crops per epoch)
     n_valid_items: int = 32
     lr: float = 1e-3
+    lr_final: float = 1.0           # cosine decay from lr to lr·lr_final over `steps` (1.0: constant lr)
     betas: tuple[float, float] = (0.5, 0.9)
     # loss weights (plain weights, or targets of the balancer when `balancer=True`). The tiny
     # preset favours the waveform L1 (SI-SNR) and keeps the commitment small: with w_commit=1
@@ -69,6 +71,8 @@ class CodecTrainConfig:
     cache_dir: str | None = None    # on-disk cache of decoded audio (folder data)
 
     def __post_init__(self):
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f"training parameter lr_final={self.lr_final} must be in (0, 1]")
         if self.mmd_start < 0:
             raise ValueError(f"training parameter mmd_start={self.mmd_start} must be >= 0")
         for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
@@ -88,7 +92,8 @@ class CodecTrainConfig:
 TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
     # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder lowers
     # the loss by spreading its latents until every kernel vanishes, and the codes stay as dependent
-    "tiny": CodecTrainConfig(mmd=MMDConfig(normalize_distance=True)),
+    # lr decayed to a tenth: with a constant 1e-3 the final SI-SNR swings by ±0.5 dB between evaluations
+    "tiny": CodecTrainConfig(lr_final=0.1, mmd=MMDConfig(normalize_distance=True)),
     "paper": CodecTrainConfig(
         preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
         n_valid_items=256, mmd_start=0, lr=3e-4, w_commit=1.0, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
@@ -176,6 +181,12 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | None = None, batch_
     }
 
 
+def learning_rate(cfg: CodecTrainConfig, step: int) -> float:
+    """Cosine decay from cfg.lr at step 0 to cfg.lr·cfg.lr_final at the last step."""
+    progress = step / max(1, cfg.steps - 1)
+    return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 # -- the loop --------------------------------------------------------------------------------------
 def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConfig | None = None,
                 stop_at: int | None = None, progress: bool = True) -> dict:
@@ -238,6 +249,9 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     t0, losses = time.time(), {}
     for step in bar:
         model.train()
+        for o in (opt, opt_d):  # a pure function of the step: nothing to save for an exact resume
+            for group in (o.param_groups if o is not None else []):
+                group["lr"] = learning_rate(cfg, step)
         wav = get_batch(train_set, cfg, step, rank).to(device)
         out = gen(wav)
         losses = {"l1": l1_wave(out.wav, wav), "mel": mel_loss(out.wav, wav)}

@@ -6,7 +6,7 @@ from mmdlib.codec import Codec, CodecConfig
 from mmdlib.mmd import MMDConfig
 from mmdlib.quantize import QuantizerConfig
 from mmdlib.seanet import SEANetConfig
-from mmdlib.train_codec import train_codec, train_preset
+from mmdlib.train_codec import learning_rate, train_codec, train_preset
 
 SMALL = CodecConfig(
     sample_rate=16000,
@@ -64,3 +64,15 @@ def test_bad_parameters():
         train_preset("big")
     with pytest.raises(ValueError, match="unknown training parameter"):
         train_preset("tiny", stepz=3)
+
+
+def test_learning_rate_schedule():
+    cfg = train_preset("tiny", steps=101, lr=1e-3, lr_final=0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 50) == pytest.approx(0.55e-3)  # halfway: the mean of the two ends
+    assert learning_rate(cfg, 100) == pytest.approx(1e-4)
+    lrs = [learning_rate(cfg, s) for s in range(101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert learning_rate(train_preset("tiny", lr_final=1.0), 777) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_final"):
+        train_preset("tiny", lr_final=0.0)
