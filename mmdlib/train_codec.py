@@ -45,7 +45,8 @@ class CodecTrainConfig:
     n_train_items: int = 4096       # synthetic clips in the training set (folder: crops per epoch)
     n_valid_items: int = 32
     lr: float = 1e-3
-    lr_final: float = 1.0           # cosine decay from lr to lr·lr_final over `steps` (1.0: constant lr)
+    lr_final: float = 1.0           # cosine decay from lr to lr·lr_final over `steps` (1.0: constant lr;
+                                    # a run extended on resume follows the new schedule from there)
     betas: tuple[float, float] = (0.5, 0.9)
     # loss weights (plain weights, or targets of the balancer when `balancer=True`). The tiny
     # preset favours the waveform L1 (SI-SNR) and keeps the commitment small: with w_commit=1
@@ -90,8 +91,8 @@ class CodecTrainConfig:
 
 
 TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
-    # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder lowers
-    # the loss by spreading its latents until every kernel vanishes, and the codes stay as dependent
+    # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder drove
+    # the loss to ~0 while its codes got no less dependent (kernels saturate; see the README)
     # lr decayed to a tenth: with a constant 1e-3 the final SI-SNR swings by ±0.5 dB between evaluations
     "tiny": CodecTrainConfig(lr_final=0.1, mmd=MMDConfig(normalize_distance=True)),
     "paper": CodecTrainConfig(

@@ -4,8 +4,8 @@ Trains two tiny codecs with the same seed, data and steps: lambda = 0 (baseline)
 with the delay-aligned MMD loss, then measures both on the same held-out clips (`held_out`,
 larger than the training loop's validation set so that the plug-in MI is less biased): the
 delay-aligned mean pairwise NMI of their codes, the MMD of their residual streams (as trained,
-and with distances normalised by K·D, which the encoder cannot lower by merely spreading its
-latents until every Gaussian kernel vanishes), and their reconstruction.
+and with distances normalised by K·D, whose kernels do not vanish as easily when the encoder
+spreads its latents: see the README's results), and their reconstruction.
 
 A finished run in --run-dir is reused, not retrained.
 """
