@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PRESET  ?= tiny
 DEVICE  ?= cpu
 
-.PHONY: setup run test unit nbval notebooks bench lab clean
+.PHONY: setup run test unit nbval notebooks bench experiment lab clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,15 @@ bench: setup
 	$(BIN)/python -m mmdlib.bench codec
 	$(BIN)/python -m mmdlib.bench mmd
 	$(BIN)/python -m mmdlib.bench generate
+
+# the λ sweep of the report (issue 6): synthetic + supertux music, 2 seeds, 5 codecs x 3 LMs each;
+# about 40 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
+SUPERTUX := data/external/supertux
+experiment: setup $(SUPERTUX)
+	$(BIN)/python -m mmdlib.experiment all --preset $(PRESET) $(if $(filter cuda%,$(DEVICE)),--device $(DEVICE))
+
+$(SUPERTUX):
+	bash scripts/get_supertux_music.sh $@
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

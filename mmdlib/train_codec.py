@@ -153,12 +153,19 @@ def make_datasets(cfg: CodecTrainConfig, sample_rate: int):
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | None = None, batch_size: int = 16,
-                   device: str | torch.device = "cpu", seed: int = 0) -> dict:
-    """SI-SNR, mel distance, per-codebook usage and dependence of a codec on a held-out set."""
+def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig] | None = None,
+                   batch_size: int = 16, device: str | torch.device = "cpu", seed: int = 0,
+                   mmd_frames: int | None = None, keep_audio: bool = False) -> dict:
+    """SI-SNR, mel distance, per-codebook usage and dependence of a codec on a held-out set.
+
+    `mmd_cfg`: one MMDConfig (result key "mmd") or {key: MMDConfig} for several variants; the
+    MMD² of the residual streams is taken over the first clips holding `mmd_frames` frames (all
+    when None; the exact estimator costs ∝ frames²). `keep_audio` adds the reconstructions
+    `b 1 n` (CPU) under "audio".
+    """
     was_training = codec.training
     codec.eval()
-    sisnr, mel, codes, streams = [], [], [], []
+    sisnr, mel, codes, streams, audio = [], [], [], [], []
     for i in range(0, len(valid), batch_size):
         wav = torch.stack([valid[j] for j in range(i, min(i + batch_size, len(valid)))]).to(device)
         out = codec(wav)
@@ -166,20 +173,48 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | None = None, batch_
         mel.append(mel_distance(out.wav, wav, codec.cfg.sample_rate))
         codes.append(out.codes)
         streams.append(out.streams)
+        if keep_audio:
+            audio.append(out.wav.cpu())
     codec.train(was_training)
     codes, streams = torch.cat(codes), torch.cat(streams)
+    if mmd_frames is not None:  # whole clips, the first ones
+        streams = streams[: max(1, -(-mmd_frames // streams.shape[-1]))]
     usage = codebook_usage(codes, codec.cfg.quantizer.codebook_size)
     dep = dependence_summary(codes, codec.cfg.quantizer.codebook_size)
-    mmd_cfg = mmd_cfg or MMDConfig()
-    return {
+    mmd_cfgs = mmd_cfg if isinstance(mmd_cfg, dict) else {"mmd": mmd_cfg or MMDConfig()}
+    out = {
         "sisnr_db": torch.cat(sisnr).mean().item(),
         "mel_distance": torch.cat(mel).mean().item(),
         "usage_perplexity": usage["perplexity"].tolist(),
         "usage_perplexity_ratio_min": usage["ratio"].min().item(),
         "nmi_lag0": float(dep["nmi_lag0"]),
         "nmi_delay": float(dep["nmi_delay"]),
-        "mmd": mmd_independence(streams, mmd_cfg, seed=seed).item(),
+        **{key: mmd_independence(streams, c, seed=seed).item() for key, c in mmd_cfgs.items()},
     }
+    if mmd_frames is not None:
+        out |= {"frames": codes.shape[0] * codes.shape[-1], "mmd_frames": streams.shape[0] * streams.shape[-1]}
+    if keep_audio:
+        out["audio"] = torch.cat(audio)
+    return out
+
+
+def fork_checkpoint(src: str | Path, cfg: CodecTrainConfig, run_dir: str | Path) -> None:
+    """Start the run `cfg` in `run_dir` from checkpoint `src` of a run that differs from it only in
+    its MMD weight and settings, saved at a step <= cfg.mmd_start. Until mmd_start those settings
+    change nothing, so the forked run is exactly the run `cfg` would be from scratch: a λ sweep
+    trains the shared prefix once (tests/test_train_codec.py checks the equality)."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    skip = ("mmd_weight", "mmd")
+    theirs = {k: v for k, v in ckpt["train_config"].items() if k not in skip}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    if theirs != mine:
+        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+        raise ValueError(f"cannot fork {src}: its run differs in {diff}, not only in the MMD settings")
+    if ckpt["step"] > cfg.mmd_start:
+        raise ValueError(f"cannot fork {src}: it is at step {ckpt['step']}, after mmd_start={cfg.mmd_start}")
+    ckpt["train_config"] = cfg.to_dict()
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_save(ckpt, Path(run_dir) / "checkpoint.pt")
 
 
 def learning_rate(cfg: CodecTrainConfig, step: int) -> float:

@@ -238,3 +238,38 @@ def test_gather_streams_world_of_one(tmp_path):
         assert torch.equal(out, s) and torch.equal(s.grad, torch.ones_like(s))
     finally:
         dist.destroy_process_group()
+
+
+# -- 2 gloo processes: the pooled loss and each rank's gradient ----------------------------------
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    s = _two_rank_streams()[rank].clone().requires_grad_(True)
+    loss = mmd_independence(gather_streams(s), MMDConfig(align="delay", block_size=16), seed=0)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": s.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _two_rank_streams() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 4, 2, 6, generator=g)  # rank b k d t
+    x[:, :, 1] += 0.8 * x[:, :, 0]  # dependent streams: a loss worth differentiating
+    return x
+
+
+def test_gather_streams_two_ranks_equals_one_process_on_the_pooled_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    pooled = torch.cat(list(_two_rank_streams())).requires_grad_(True)
+    loss = mmd_independence(pooled, MMDConfig(align="delay", block_size=16), seed=0)
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["loss"], loss.detach())  # shuffles span both ranks' samples
+        torch.testing.assert_close(got["grad"], pooled.grad[3 * rank: 3 * (rank + 1)])  # its own slot

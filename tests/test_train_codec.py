@@ -76,3 +76,24 @@ def test_learning_rate_schedule():
     assert learning_rate(train_preset("tiny", lr_final=1.0), 777) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="lr_final"):
         train_preset("tiny", lr_final=0.0)
+
+
+def test_fork_from_shared_prefix_equals_run_from_scratch(tmp_path):
+    from mmdlib.train_codec import fork_checkpoint
+
+    cfg = config(steps=6, mmd_start=3, mmd=MMDConfig(block_size=64, align="none"))  # MMD at steps 3-5
+    scratch = train_codec(cfg, tmp_path / "scratch", codec_cfg=SMALL, progress=False)
+    base = config(steps=6, mmd_start=3, mmd_weight=0.0)  # the λ = 0 run, stopped at mmd_start
+    train_codec(base, tmp_path / "base", codec_cfg=SMALL, stop_at=3, progress=False)
+    fork_checkpoint(tmp_path / "base" / "checkpoint.pt", cfg, tmp_path / "fork")
+    forked = train_codec(cfg, tmp_path / "fork", codec_cfg=SMALL, progress=False)
+    assert forked["last_losses"] == scratch["last_losses"] and "mmd" in forked["last_losses"]
+    a, b = Codec.load(tmp_path / "scratch" / "codec.pt"), Codec.load(tmp_path / "fork" / "codec.pt")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    # only the MMD settings may differ, and only before mmd_start
+    with pytest.raises(ValueError, match="lr"):
+        fork_checkpoint(tmp_path / "base" / "checkpoint.pt", config(steps=6, mmd_start=3, lr=5e-4), tmp_path / "x")
+    train_codec(base, tmp_path / "base", codec_cfg=SMALL, stop_at=5, progress=False)
+    with pytest.raises(ValueError, match="after mmd_start"):
+        fork_checkpoint(tmp_path / "base" / "checkpoint.pt", cfg, tmp_path / "y")

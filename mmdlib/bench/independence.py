@@ -20,41 +20,23 @@ import torch
 
 from ..codec import Codec
 from ..data import make_dataset
-from ..dependence import dependence_summary
-from ..metrics import codebook_usage, mel_distance, si_snr
-from ..mmd import MMDConfig, mmd_independence
+from ..mmd import MMDConfig
 from ..pipeline import codec_name
-from ..train_codec import train_codec, train_preset
+from ..train_codec import evaluate_codec, train_codec, train_preset
 from .common import peak_rss_mib, report
 
 KEYS = ("nmi_delay", "nmi_lag0", "mmd", "mmd_normalized", "sisnr_db", "mel_distance", "usage_perplexity_ratio_min")
 
 
-@torch.no_grad()
 def held_out(codec: Codec, cfg, clips: int = 64, seconds: float = 4.0, mmd_frames: int = 4096) -> dict:
     """Reconstruction and dependence of `codec` on `clips` held-out clips of `seconds` (the same
     clips for every codec of a comparison): NMI on all their frames, MMD² on the first
     `mmd_frames` frames (exact estimator, cost ∝ frames²), raw and normalised distances."""
     valid = make_dataset(cfg.data, "valid", codec.cfg.sample_rate, seconds, clips, cfg.seed, cfg.cache_dir)
-    codec.eval()
-    sisnr, mel, codes, streams = [], [], [], []
-    for i in range(0, min(clips, len(valid)), 8):
-        wav = torch.stack([valid[j] for j in range(i, min(i + 8, clips, len(valid)))])
-        out = codec(wav)
-        sisnr.append(si_snr(out.wav, wav))
-        mel.append(mel_distance(out.wav, wav, codec.cfg.sample_rate))
-        codes.append(out.codes)
-        streams.append(out.streams)
-    codes, streams = torch.cat(codes), torch.cat(streams)
-    size = codec.cfg.quantizer.codebook_size
-    dep = dependence_summary(codes, size)
-    first = streams[: max(1, -(-mmd_frames // streams.shape[-1]))]
-    mmd = {name: mmd_independence(first, MMDConfig(align=cfg.mmd.align, normalize_distance=norm), seed=cfg.seed).item()
+    valid = torch.utils.data.Subset(valid, range(min(clips, len(valid))))
+    mmd = {name: MMDConfig(align=cfg.mmd.align, normalize_distance=norm)
            for name, norm in (("mmd", False), ("mmd_normalized", True))}
-    return {"sisnr_db": torch.cat(sisnr).mean().item(), "mel_distance": torch.cat(mel).mean().item(),
-            "usage_perplexity_ratio_min": codebook_usage(codes, size)["ratio"].min().item(),
-            "nmi_lag0": dep["nmi_lag0"], "nmi_delay": dep["nmi_delay"], **mmd,
-            "frames": codes.shape[0] * codes.shape[-1], "mmd_frames": first.shape[0] * first.shape[-1]}
+    return evaluate_codec(codec, valid, mmd, batch_size=8, seed=cfg.seed, mmd_frames=mmd_frames)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,450 @@
+"""The λ sweep: tests the paper's three claims on synthetic and real music, over several seeds.
+
+For each data set and seed it trains codecs with MMD weights λ (0, three delay-aligned values and
+one non-aligned value), measures them on held-out clips (SI-SNR, mel distance, NMI, MMD², FAD of
+the reconstructions), trains an LM per pattern (parallel, delay, flatten) on each codec's tokens
+(held-out bits per frame), samples from each LM (AR steps, wall time, FAD of the samples), and
+`report` aggregates every seed into one table and two figures (figures/sweep/).
+
+    make experiment                                                  # tiny preset, CPU, both data sets
+    python -m mmdlib.experiment all --preset paper --device cuda     # the same at paper scale
+    python -m mmdlib.experiment run --data synthetic --seeds 0       # one data set, one seed
+    python -m mmdlib.experiment report
+
+The codecs of one (data, seed) share their first `mmd_start` steps: the λ = 0 run is trained to
+mmd_start once and the λ > 0 runs fork from that checkpoint (`train_codec.fork_checkpoint`,
+exactly the run from scratch, since λ does nothing before mmd_start). Every stage resumes: a
+rerun reuses finished codecs and LMs and continues interrupted ones from their checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import load_audio
+from .codec import Codec
+from .fad import embed_audio, fad, get_embedder
+from .pipeline import (PIPELINE_PRESETS, PipelineConfig, PipelineError, codec_dir, codec_name, codec_train_config,
+                       dataset, gen_dir, generate_run, load_codec, resolve, train_codec_run, train_lm_run,
+                       write_json)
+from .train_codec import evaluate_codec, fork_checkpoint, train_codec
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    lambdas: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0)  # delay-aligned MMD weights (0: the baseline)
+    lambdas_nonaligned: tuple[float, ...] = (100.0,)          # MMD on lag-0 tuples (no delay alignment)
+    seeds: tuple[int, ...] = (0, 1)
+    datasets: tuple[str, ...] = ("synthetic", "data/external/supertux")
+    # other λ grids per data set (by data_tag): supertux's MMD is ~10x the synthetic one's, and its
+    # tiny codec collapses at λ = 100 (one codebook left unused)
+    per_data: dict = field(default_factory=lambda: {
+        "supertux": {"lambdas": (0.0, 3.0, 10.0, 30.0), "lambdas_nonaligned": (10.0,)}})
+    embedders: dict = field(default_factory=lambda: {"logmel": {}, "crepe": {"hop_length": 640}})
+    # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
+    pipeline: PipelineConfig = PipelineConfig(
+        codec_steps=500, codec_eval_every=250, lm_preset="small", lm_steps=300, lm_eval_every=300, n_gen=8,
+        threads=None, run_dir="runs/sweep", fig_dir="figures/sweep")
+
+
+SWEEP_PRESETS: dict[str, SweepConfig] = {
+    # both data sets x 2 seeds x 5 codecs x 3 LMs on a 2-core CPU in about 40 minutes (`make experiment`)
+    "tiny": SweepConfig(),
+    # the plumbing only, in a minute or two: numbers mean nothing
+    "smoke": SweepConfig(lambdas=(0.0, 10.0), seeds=(0,), datasets=("synthetic",), per_data={},
+                         embedders={"logmel": {}},
+                         pipeline=dataclasses.replace(PIPELINE_PRESETS["smoke"], n_gen=2, threads=None,
+                                                      run_dir="runs/sweep_smoke", fig_dir="runs/sweep_smoke/figures")),
+    # GPU: the paper's codec and LM presets, λ around the paper's 1000
+    "paper": SweepConfig(lambdas=(0.0, 100.0, 1000.0, 10000.0), lambdas_nonaligned=(1000.0,), seeds=(0, 1, 2), per_data={},
+                         pipeline=dataclasses.replace(PIPELINE_PRESETS["paper"], run_dir="runs/sweep_paper",
+                                                      fig_dir="figures/sweep_paper")),
+}
+
+
+def data_tag(data: str) -> str:
+    return "synthetic" if data == "synthetic" else Path(data).name
+
+
+def for_data(sweep: SweepConfig, data: str) -> SweepConfig:
+    """The sweep with the λ grid of this data set."""
+    return dataclasses.replace(sweep, **sweep.per_data.get(data_tag(data), {}))
+
+
+def seed_config(sweep: SweepConfig, data: str, seed: int, device: str | None = None) -> PipelineConfig:
+    sweep = for_data(sweep, data)
+    run_dir = f"{sweep.pipeline.run_dir}/{data_tag(data)}/seed{seed}"
+    return dataclasses.replace(sweep.pipeline, data=data, seed=seed, run_dir=run_dir,
+                               lambdas=sweep.lambdas, device=device or sweep.pipeline.device)
+
+
+def codecs(sweep: SweepConfig, cfg: PipelineConfig) -> list[tuple[PipelineConfig, float]]:
+    """(config, λ) of every codec of the sweep: the aligned ones, then the non-aligned ones."""
+    other = dataclasses.replace(cfg, align="none", lambdas=sweep.lambdas_nonaligned)
+    return [(cfg, lam) for lam in sweep.lambdas] + [(other, lam) for lam in sweep.lambdas_nonaligned if lam]
+
+
+# ----------------------------------------------------------------------------------------------
+# One (data, seed)
+
+
+def train_codecs(sweep: SweepConfig, cfg: PipelineConfig) -> None:
+    """Train every codec of (data, seed): the shared prefix to mmd_start, then each λ from it."""
+    base = codec_train_config(cfg, 0.0)
+    prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
+    todo = [(c, lam) for c, lam in codecs(sweep, cfg) if not (codec_dir(c, lam) / "codec.pt").is_file()]
+    if not todo:
+        return
+    if not prefix.is_file():
+        train_codec(base, codec_dir(cfg, 0.0), stop_at=base.mmd_start, progress=False)
+        shutil.copyfile(codec_dir(cfg, 0.0) / "checkpoint.pt", prefix)
+    for c, lam in todo:
+        if lam and not (codec_dir(c, lam) / "checkpoint.pt").is_file():
+            fork_checkpoint(prefix, codec_train_config(c, lam), codec_dir(c, lam))
+        train_codec_run(c, lam)
+        print(f"  codec {codec_name(lam, c.align)} done", flush=True)
+
+
+def _embed(embedders: dict, wav: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
+    return {name: embed_audio(e, wav, sample_rate) for name, e in embedders.items()}
+
+
+def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None) -> dict:
+    """Everything for one (data, seed); written to <run_dir>/sweep.json and returned."""
+    sweep = for_data(sweep, data)
+    cfg = seed_config(sweep, data, seed, device)
+    t0 = time.time()
+    train_codecs(sweep, cfg)
+    embedders = {name: get_embedder(name, **kw) for name, kw in sweep.embedders.items()}
+    valid = dataset(cfg, "valid", cfg.n_token_valid)
+    real = torch.stack([valid[i] for i in range(len(valid))])
+    sr = load_codec(cfg, 0.0).cfg.sample_rate
+    real_emb = _embed(embedders, real, sr)
+    rows_codec, rows_lm = [], []
+    for c, lam in codecs(sweep, cfg):
+        codec = load_codec(c, lam)
+        mmd = codec_train_config(c, lam).mmd  # the statistic as the λ > 0 codecs train on it
+        ev = evaluate_codec(codec, valid, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
+                                           "mmd_lag0": dataclasses.replace(mmd, align="none")},
+                            device=c.device, seed=seed, mmd_frames=c.mmd_samples, keep_audio=True)
+        rec = _embed(embedders, ev.pop("audio"), sr)
+        q = codec.cfg.quantizer
+        name = codec_name(lam, c.align)
+        rows_codec.append({"codec": name, "lambda": lam, "align": c.align, **ev,
+                           "kbps": codec.frame_rate * q.n_q * np.log2(q.codebook_size) / 1000,
+                           **{f"fad_{k}_recon": fad(rec[k], real_emb[k]) for k in embedders}})
+        for pattern in cfg.patterns:
+            lm = train_lm_run(c, lam, pattern)
+            gen = generate_run(c, lam, pattern, codec)
+            wav = torch.stack([load_audio(p, sr) for p in sorted(gen_dir(c, lam, pattern).glob("sample*.wav"))])
+            emb = _embed(embedders, wav, sr)
+            rows_lm.append({"codec": name, "lambda": lam, "align": c.align, "pattern": pattern,
+                            "bits_per_frame": lm["valid_bits_per_frame"], "lm_train_seconds": lm["train_seconds"],
+                            "gen_steps": gen["n_steps"], "gen_seconds_per_audio_second": gen["real_time_factor"],
+                            "gen_nmi_delay": gen["nmi_delay"],
+                            **{f"fad_{k}_gen": fad(emb[k], real_emb[k]) for k in embedders}})
+        print(f"  {name}: evaluated, LMs trained, samples drawn", flush=True)
+    flat = {r["codec"]: r["bits_per_frame"] for r in rows_lm if r["pattern"] == "flatten"}
+    for r in rows_lm:
+        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
+    out = {"data": data, "tag": data_tag(data), "seed": seed, "config": cfg.to_dict(),
+           "sweep": {k: v for k, v in dataclasses.asdict(sweep).items() if k != "pipeline"},
+           "codecs": rows_codec, "lms": rows_lm, "seconds": time.time() - t0}
+    write_json(cfg.run_path / "sweep.json", out)
+    return out
+
+
+def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_steps: int,
+             n_token_train: int | None = None, device: str | None = None) -> list[dict]:
+    """LMs trained longer and/or on more token clips, on codecs the sweep already trained: does the
+    factorisation gap change sign with more LM training? They go to <seed run_dir>/lm_steps<N>[_clips<M>]/,
+    whose codec folders link (symlink) to the sweep's. Returns one row per (codec, pattern)."""
+    sweep = for_data(sweep, data)
+    cfg = seed_config(sweep, data, seed, device)
+    n_token_train = n_token_train or cfg.n_token_train
+    name = f"lm_steps{lm_steps}" + (f"_clips{n_token_train}" if n_token_train != cfg.n_token_train else "")
+    study = dataclasses.replace(cfg, run_dir=f"{cfg.run_dir}/{name}", lm_steps=lm_steps, n_token_train=n_token_train,
+                                lm_eval_every=max(1, lm_steps // 4))
+    rows = []
+    for lam in lambdas:
+        src = codec_dir(cfg, lam)
+        if not (src / "codec.pt").is_file():
+            raise PipelineError(f"{src}/codec.pt is missing: run the sweep for {data_tag(data)} seed {seed} first")
+        link = codec_dir(study, lam)
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("..") / src.name)
+        for pattern in cfg.patterns:
+            lm = train_lm_run(study, lam, pattern)
+            rows.append({"codec": codec_name(lam, cfg.align), "lambda": lam, "pattern": pattern,
+                         "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["valid_bits_per_frame"],
+                         "curve": lm["history"]["valid_bits_per_frame"], "train_seconds": lm["train_seconds"]})
+    flat = {r["codec"]: r["bits_per_frame"] for r in rows if r["pattern"] == "flatten"}
+    for r in rows:
+        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
+    write_json(study.run_path / "lm_study.json", {"data": data, "seed": seed, "rows": rows})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The report: every seed of every data set
+
+
+def _stats(values: list) -> dict:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "n": len(v), "values": v.tolist()}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per data set: codec rows and (codec, pattern) rows, each metric as mean/std/n/values over
+    seeds, plus the per-seed paired comparisons against the λ = 0 codec of the same seed."""
+    out = {}
+    for tag in dict.fromkeys(r["tag"] for r in runs):
+        mine = [r for r in runs if r["tag"] == tag]
+        names = list(dict.fromkeys(c["codec"] for r in mine for c in r["codecs"]))
+        patterns = list(dict.fromkeys(x["pattern"] for r in mine for x in r["lms"]))
+
+        def rows(kind, key):
+            return [x for r in mine for x in r[kind] if key(x)]
+
+        codec_rows, lm_rows = [], []
+        for name in names:
+            xs = rows("codecs", lambda x: x["codec"] == name)
+            keys = [k for k, v in xs[0].items() if isinstance(v, (int, float)) and k != "lambda"]
+            codec_rows.append({"codec": name, "lambda": xs[0]["lambda"], "align": xs[0]["align"],
+                               **{k: _stats([x[k] for x in xs]) for k in keys}})
+            for p in patterns:
+                ys = rows("lms", lambda x: x["codec"] == name and x["pattern"] == p)
+                keys = [k for k, v in ys[0].items() if isinstance(v, (int, float)) and k != "lambda"]
+                lm_rows.append({"codec": name, "lambda": ys[0]["lambda"], "pattern": p,
+                                **{k: _stats([y[k] for y in ys]) for k in keys}})
+        # paired by seed: is the λ > 0 codec better than the λ = 0 codec of the same seed?
+        paired = []
+        for r in mine:
+            base = {c["codec"]: c for c in r["codecs"]}["codec_lambda0"]
+            lms = {(x["codec"], x["pattern"]): x for x in r["lms"]}
+            for c in r["codecs"]:
+                if c["lambda"] == 0:
+                    continue
+                d = {"seed": r["seed"], "codec": c["codec"],
+                     "nmi_delay_lower": c["nmi_delay"] < base["nmi_delay"],
+                     "mmd_delay_lower": c["mmd_delay"] < base["mmd_delay"],
+                     "sisnr_cost_db": base["sisnr_db"] - c["sisnr_db"]}
+                for p in ("parallel", "delay"):
+                    a, b = lms.get((c["codec"], p)), lms.get(("codec_lambda0", p))
+                    if a and b and a["gap_vs_flatten"] is not None and b["gap_vs_flatten"] is not None:
+                        d[f"gap_{p}_smaller"] = a["gap_vs_flatten"] < b["gap_vs_flatten"]
+                    for k in a or {}:
+                        if k.startswith("fad_") and b:
+                            d[f"{k}_{p}_lower"] = a[k] < b[k]
+                paired.append(d)
+        out[tag] = {"data": mine[0]["data"], "seeds": sorted(r["seed"] for r in mine),
+                    "codecs": codec_rows, "lms": lm_rows, "paired": paired,
+                    "seconds": [r["seconds"] for r in mine]}
+    return out
+
+
+def _ms(s: dict | None, fmt: str) -> str:
+    if not s or s["mean"] is None:
+        return "–"
+    return format(s["mean"], fmt) + (f" ± {s['std']:{fmt.lstrip('+')}}" if s["std"] is not None else "")
+
+
+def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep") -> str:
+    lines = [f"Generated by `python -m mmdlib.experiment report` from the sweep's run artifacts "
+             f"({run_dir}/*/seed*/sweep.json). Cells: mean ± standard deviation over seeds.", ""]
+    for tag, a in agg.items():
+        kbps = sorted({round(c["kbps"]["mean"], 2) for c in a["codecs"] if c.get("kbps")})
+        lines += [f"### {tag} ({len(a['seeds'])} seeds: {', '.join(map(str, a['seeds']))})", "",
+                  f"Codec bitrate {', '.join(map(str, kbps))} kbps; smallest codebook usage (perplexity / size) per codec: "
+                  + ", ".join(f"{c['codec']} {_ms(c.get('usage_perplexity_ratio_min'), '.2f')}" for c in a["codecs"]) + ".", "",
+                  "| codec | pattern | SI-SNR dB ↑ | mel ↓ | NMI delay ↓ | MMD² delay ↓ | bits/frame ↓ | − flatten "
+                  + "".join(f"| FAD {e} rec. ↓ | FAD {e} gen. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
+                  "|---" * (10 + 2 * len(embedders)) + "|"]
+        codec_rows = {c["codec"]: c for c in a["codecs"]}
+        for r in a["lms"]:
+            c = codec_rows[r["codec"]]
+            lines.append(
+                f"| {r['codec']} | {r['pattern']} | {_ms(c['sisnr_db'], '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {_ms(c['nmi_delay'], '.3f')} | {_ms(c['mmd_delay'], '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
+                f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} "
+                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen'), '.2f')} " for e in embedders)
+                + f"| {_ms(r['gen_steps'], '.0f')} | {_ms(r['gen_seconds_per_audio_second'], '.3f')} |")
+        lines += ["", "Paired with the λ = 0 codec of the same seed (count of seeds where it holds):", "",
+                  "| codec | NMI delay lower | MMD² delay lower | SI-SNR cost dB | delay gap smaller | parallel gap smaller "
+                  + "".join(f"| FAD {e} gen. lower (delay) " for e in embedders) + "|",
+                  "|---" * (6 + len(embedders)) + "|"]
+        for name in dict.fromkeys(p["codec"] for p in a["paired"]):
+            ps = [p for p in a["paired"] if p["codec"] == name]
+
+            def count(key):
+                have = [p[key] for p in ps if key in p]
+                return f"{sum(have)}/{len(have)}" if have else "–"
+
+            cost = np.mean([p["sisnr_cost_db"] for p in ps])
+            lines.append(f"| {name} | {count('nmi_delay_lower')} | {count('mmd_delay_lower')} | {cost:+.2f} "
+                         f"| {count('gap_delay_smaller')} | {count('gap_parallel_smaller')} "
+                         + "".join(f"| {count(f'fad_{e}_gen_delay_lower')} " for e in embedders) + "|")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _label(row: dict) -> str:
+    return f"λ={row['lambda']:g}" + (" (lag 0)" if row.get("align") == "none" else "")
+
+
+def plot_tradeoff(agg: dict):
+    """Dependence (NMI delay) against reconstruction (SI-SNR), one point per codec (mean ± std),
+    faint points per seed; one panel per data set."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(agg), figsize=(5 * len(agg), 4), squeeze=False)
+    for ax, (tag, a) in zip(axes[0], agg.items()):
+        for i, c in enumerate(a["codecs"]):
+            color = f"C{i}"
+            ax.scatter(c["nmi_delay"]["values"], c["sisnr_db"]["values"], color=color, alpha=0.3, s=15)
+            ax.errorbar(c["nmi_delay"]["mean"], c["sisnr_db"]["mean"], xerr=c["nmi_delay"]["std"] or 0,
+                        yerr=c["sisnr_db"]["std"] or 0, fmt="s" if c["align"] == "none" else "o", color=color,
+                        label=_label(c), capsize=3)
+        ax.set(xlabel="delay-aligned NMI of the codes (lower: more independent)", ylabel="SI-SNR (dB)",
+               title=f"{tag}: dependence vs reconstruction")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gap(agg: dict, embedder: str = "logmel"):
+    """Top: factorisation gap (pattern − flatten bits/frame) per codec; bottom: FAD of the samples
+    per codec and pattern. Mean ± std over seeds; one column per data set."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(agg), figsize=(5 * len(agg), 7), squeeze=False)
+    for j, (tag, a) in enumerate(agg.items()):
+        labels = [_label(c) for c in a["codecs"]]
+        x = np.arange(len(labels))
+        patterns = list(dict.fromkeys(r["pattern"] for r in a["lms"]))
+        for k, p in enumerate(patterns):
+            rows = [next(r for r in a["lms"] if r["codec"] == c["codec"] and r["pattern"] == p) for c in a["codecs"]]
+            off = (k - (len(patterns) - 1) / 2) * 0.2
+            for i, (key, ax) in enumerate((("gap_vs_flatten", axes[0, j]), (f"fad_{embedder}_gen", axes[1, j]))):
+                if key == "gap_vs_flatten" and p == "flatten":
+                    continue
+                m = [r[key]["mean"] if r.get(key) else np.nan for r in rows]
+                s = [(r[key]["std"] or 0) if r.get(key) else 0 for r in rows]
+                ax.errorbar(x + off, m, yerr=s, fmt="o", capsize=3, label=p, color=f"C{k}")
+        axes[0, j].axhline(0, color="k", lw=0.8)
+        axes[0, j].set(ylabel="bits/frame − flatten's", title=f"{tag}: factorisation gap")
+        axes[1, j].set(ylabel=f"FAD ({embedder}) of samples vs held-out", title=f"{tag}: sample quality")
+        for ax in axes[:, j]:
+            ax.set_xticks(x, labels, rotation=20, fontsize=8)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def report(sweep: SweepConfig) -> dict:
+    """Aggregate every finished (data, seed) of the sweep into fig_dir/{results.md, results.json,
+    tradeoff.*, gap.*}."""
+    from .plots import save_figure
+
+    root = resolve(sweep.pipeline.run_dir)
+    runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/sweep.json"))]
+    runs.sort(key=lambda r: (r["tag"] != "synthetic", r["tag"], r["seed"]))  # synthetic first
+    if not runs:
+        raise PipelineError(f"no finished sweep runs under {root}: run `python -m mmdlib.experiment run` first")
+    agg = aggregate(runs)
+    fig_dir = resolve(sweep.pipeline.fig_dir)
+    write_json(fig_dir / "results.json", agg)
+    (fig_dir / "results.md").write_text(report_markdown(agg, list(sweep.embedders), sweep.pipeline.run_dir))
+    save_figure(plot_tradeoff(agg), fig_dir, "tradeoff")
+    save_figure(plot_gap(agg), fig_dir, "gap")
+    return agg
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m mmdlib.experiment", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("run", "report", "all", "lm-study"),
+                   help="run: one data set; report: aggregate; all: every data set (in parallel), then report; "
+                        "lm-study: retrain the LMs of some codecs of a finished run for --lm-steps")
+    p.add_argument("--preset", default="tiny", choices=sorted(SWEEP_PRESETS))
+    p.add_argument("--data", help="'synthetic' or a folder of audio files (run; default: the preset's data sets)")
+    p.add_argument("--seeds", type=int, nargs="*", help="default: the preset's")
+    p.add_argument("--device", help="default: the preset's")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--lambdas", type=float, nargs="*", default=[0.0], help="lm-study: codecs (aligned λ)")
+    p.add_argument("--lm-steps", type=int, default=2000, help="lm-study: LM training steps")
+    p.add_argument("--token-clips", type=int, help="lm-study: LM training clips (default: the sweep's)")
+    p.add_argument("--jobs", type=int, default=2, help="all: (data set, seed) runs at once (CPU: threads split among them)")
+    args = p.parse_args(argv)
+    sweep = SWEEP_PRESETS[args.preset]
+    if args.seeds:
+        sweep = dataclasses.replace(sweep, seeds=tuple(args.seeds))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets = [args.data] if args.data else list(sweep.datasets)
+    for d in datasets:
+        if d != "synthetic" and not resolve(d).is_dir():
+            raise SystemExit(f"data folder {d} does not exist (for supertux: bash scripts/get_supertux_music.sh)")
+    if args.command == "run":
+        for d in datasets:
+            for seed in sweep.seeds:
+                print(f"[{data_tag(d)} seed {seed}]", flush=True)
+                run_seed(sweep, d, seed, args.device)
+    elif args.command == "lm-study":
+        for d in datasets:
+            for seed in sweep.seeds:
+                for r in lm_study(sweep, d, seed, args.lambdas, args.lm_steps, args.token_clips, args.device):
+                    curve = " ".join(f"{b:.2f}" for b in r["curve"])
+                    print(f"{data_tag(d)} seed {seed} {r['codec']:>20} {r['pattern']:>8}: {r['bits_per_frame']:.2f} "
+                          f"bits/frame, gap {r['gap_vs_flatten']:+.2f} (held-out curve {curve}; {r['train_seconds']:.0f} s)",
+                          flush=True)
+    elif args.command == "all":  # one process per (data set, seed), `jobs` at a time
+        t0, procs = time.time(), []
+        threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
+        for d in datasets:
+            for seed in sweep.seeds:
+                if len(procs) >= args.jobs:
+                    _wait(procs)
+                log = resolve(sweep.pipeline.run_dir) / f"{data_tag(d)}_seed{seed}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, "-m", "mmdlib.experiment", "run", "--preset", args.preset, "--data", d,
+                       "--seeds", str(seed), "--threads", str(threads)] + (["--device", args.device] if args.device else [])
+                print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
+                procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
+        while procs:
+            _wait(procs)
+        print(f"all data sets and seeds done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    if args.command in ("report", "all"):
+        report(sweep)
+        print((resolve(sweep.pipeline.fig_dir) / "results.md").read_text())
+
+
+def _wait(procs: list) -> None:
+    """Wait for the first of `procs` [(Popen, log)] to end, drop it; stop everything if it failed."""
+    while True:
+        for i, (proc, log) in enumerate(procs):
+            if proc.poll() is not None:
+                procs.pop(i)
+                if proc.returncode:
+                    for other, _ in procs:
+                        other.terminate()
+                    raise SystemExit(f"{' '.join(map(str, proc.args[1:]))} failed (exit {proc.returncode}); see {log}")
+                return
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

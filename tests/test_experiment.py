@@ -1,0 +1,105 @@
+"""The λ sweep's bookkeeping: which codecs it trains, how seeds are aggregated and paired."""
+import dataclasses
+import math
+
+import pytest
+
+from mmdlib import experiment as ex
+from mmdlib.pipeline import PipelineError, codec_dir, codec_train_config
+
+
+def test_codecs_of_a_sweep_share_their_prefix_config():
+    sweep = ex.SWEEP_PRESETS["tiny"]
+    cfg = ex.seed_config(sweep, "synthetic", 1)
+    pairs = ex.codecs(sweep, cfg)
+    names = [codec_dir(c, lam).name for c, lam in pairs]
+    assert names == ["codec_lambda0", "codec_lambda10", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
+    assert len({codec_dir(c, lam) for c, lam in pairs}) == 5 and cfg.run_dir.endswith("synthetic/seed1")
+    # every codec differs from the λ = 0 run only in its MMD settings: they can fork its prefix
+    base = codec_train_config(cfg, 0.0).to_dict()
+    for c, lam in pairs:
+        mine = codec_train_config(c, lam).to_dict()
+        assert {k for k in mine if mine[k] != base[k]} <= {"mmd_weight", "mmd"}
+    assert ex.seed_config(sweep, "data/external/supertux", 0).run_dir.endswith("supertux/seed0")
+
+
+def _run(seed, nmi, sisnr, bits):
+    """A fake sweep.json of one seed: codecs λ = 0 and λ = 10, patterns delay and flatten."""
+    codecs = [{"codec": f"codec_lambda{lam}", "lambda": float(lam), "align": "delay", "nmi_delay": n,
+               "mmd_delay": 0.01 / (1 + lam), "sisnr_db": s, "mel_distance": 1.0, "fad_logmel_recon": 1.0,
+               "kbps": 1.6, "usage_perplexity_ratio_min": 0.5}
+              for lam, n, s in zip((0, 10), nmi, sisnr)]
+    lms = []
+    for lam, (b_delay, b_flat) in zip((0, 10), bits):
+        for p, b in (("delay", b_delay), ("flatten", b_flat)):
+            lms.append({"codec": f"codec_lambda{lam}", "lambda": float(lam), "align": "delay", "pattern": p,
+                        "bits_per_frame": b, "gap_vs_flatten": b - b_flat, "fad_logmel_gen": b,
+                        "gen_steps": 10, "gen_seconds_per_audio_second": 0.1})
+    return {"data": "synthetic", "tag": "synthetic", "seed": seed, "codecs": codecs, "lms": lms, "seconds": 1.0}
+
+
+def test_aggregate_means_stds_and_paired_counts():
+    runs = [_run(0, (0.30, 0.20), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5))),
+            _run(1, (0.25, 0.27), (4.0, 3.0), ((21.0, 19.0), (22.0, 19.0)))]
+    agg = ex.aggregate(runs)["synthetic"]
+    assert agg["seeds"] == [0, 1]
+    c0 = agg["codecs"][0]
+    assert c0["codec"] == "codec_lambda0"
+    assert c0["nmi_delay"]["mean"] == pytest.approx(0.275)
+    assert c0["nmi_delay"]["std"] == pytest.approx(math.sqrt(2) * 0.025)  # two values: |a − b| / √2
+    assert c0["nmi_delay"]["values"] == [0.30, 0.25]
+    gap = next(r for r in agg["lms"] if r["codec"] == "codec_lambda10" and r["pattern"] == "delay")["gap_vs_flatten"]
+    assert gap["values"] == [0.5, 3.0]
+    pairs = agg["paired"]
+    assert [p["nmi_delay_lower"] for p in pairs] == [True, False]      # 0.20 < 0.30; 0.27 > 0.25
+    assert [p["gap_delay_smaller"] for p in pairs] == [True, False]    # 0.5 < 2; 3 > 2
+    assert [p["sisnr_cost_db"] for p in pairs] == [1.0, 1.0]
+    text = ex.report_markdown(ex.aggregate(runs), ["logmel"])
+    assert "2 seeds: 0, 1" in text
+    assert "| codec_lambda10 | 1/2 | 2/2 | +1.00 | 1/2 |" in text     # NMI lower, MMD lower, cost, delay gap
+    assert text.count("| codec_lambda0 |") == 2                        # one row per pattern
+
+
+def test_single_seed_has_no_std():
+    agg = ex.aggregate([_run(0, (0.3, 0.2), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5)))])
+    assert agg["synthetic"]["codecs"][0]["sisnr_db"]["std"] is None
+    assert "3.00 |" in ex.report_markdown(agg, ["logmel"])
+
+
+def test_report_without_runs_says_what_to_do(tmp_path):
+    sweep = ex.SWEEP_PRESETS["smoke"]
+    sweep = dataclasses.replace(sweep, pipeline=dataclasses.replace(sweep.pipeline, run_dir=str(tmp_path / "none")))
+    with pytest.raises(PipelineError, match="experiment run"):
+        ex.report(sweep)
+
+
+def test_smoke_sweep_end_to_end(tmp_path):
+    """One seed of the smoke preset through every stage (codecs forked from the shared prefix,
+    evaluation, LMs, samples, FAD), then the report; a rerun reuses every artifact."""
+    smoke = ex.SWEEP_PRESETS["smoke"]
+    pipe = dataclasses.replace(smoke.pipeline, run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"),
+                               patterns=("delay", "flatten"), lm_steps=4, lm_eval_every=4)
+    sweep = dataclasses.replace(smoke, lambdas_nonaligned=(), pipeline=pipe)
+    out = ex.run_seed(sweep, "synthetic", 0)
+    assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10"]
+    assert (tmp_path / "runs" / "synthetic" / "seed0" / "prefix_step13.pt").is_file()
+    for c in out["codecs"]:
+        assert math.isfinite(c["sisnr_db"]) and c["fad_logmel_recon"] >= 0 and 0 <= c["nmi_delay"] <= 1
+    flat = [r for r in out["lms"] if r["pattern"] == "flatten"]
+    assert all(r["gap_vs_flatten"] == 0 for r in flat) and all(r["gen_steps"] == 4 * 50 for r in flat)
+    lm = (tmp_path / "runs" / "synthetic" / "seed0" / "lm" / "codec_lambda10" / "delay" / "ckpt.pt")
+    mtime = lm.stat().st_mtime_ns
+    again = ex.run_seed(sweep, "synthetic", 0)
+    assert lm.stat().st_mtime_ns == mtime  # nothing retrained
+    assert [r["bits_per_frame"] for r in again["lms"]] == [r["bits_per_frame"] for r in out["lms"]]
+    agg = ex.report(sweep)
+    assert (tmp_path / "figs" / "results.md").is_file() and (tmp_path / "figs" / "gap.png").is_file()
+    assert agg["synthetic"]["seeds"] == [0]
+
+
+def test_supertux_has_its_own_lambda_grid():
+    sweep = ex.SWEEP_PRESETS["tiny"]
+    cfg = ex.seed_config(sweep, "data/external/supertux", 0)
+    assert cfg.lambdas == (0.0, 3.0, 10.0, 30.0)
+    names = [codec_dir(c, lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
+    assert names[-1] == "codec_lambda10_none" and len(names) == 5
