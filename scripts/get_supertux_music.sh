@@ -6,7 +6,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dest="${1:-$repo_root/data/external/supertux}"
+dest="$(realpath -m "${1:-$repo_root/data/external/supertux}")"  # absolute: the script cds below
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
