@@ -35,8 +35,8 @@ from .audio import load_audio
 from .codec import Codec
 from .fad import embed_audio, fad, get_embedder
 from .pipeline import (PIPELINE_PRESETS, PipelineConfig, PipelineError, codec_dir, codec_name, codec_train_config,
-                       dataset, gen_dir, generate_run, load_codec, resolve, train_codec_run, train_lm_run,
-                       write_json)
+                       dataset, gen_dir, generate_run, load_codec, resolve, sample_rate, train_codec_run,
+                       train_lm_run, write_json)
 from .train_codec import evaluate_codec, fork_checkpoint, train_codec
 
 
@@ -136,14 +136,14 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
     train_codecs(sweep, cfg)
     embedders = {name: get_embedder(name, **kw) for name, kw in sweep.embedders.items()}
     valid = dataset(cfg, "valid", cfg.n_token_valid)
-    real = torch.stack([valid[i] for i in range(len(valid))])
-    sr = load_codec(cfg, 0.0).cfg.sample_rate
+    real = torch.stack([valid[i] for i in range(len(valid))])  # `b 1 n`, made (decoded) once for every codec
+    sr = sample_rate(cfg)
     real_emb = _embed(embedders, real, sr)
     rows_codec, rows_lm = [], []
     for c, lam in codecs(sweep, cfg):
         codec = load_codec(c, lam)
         mmd = codec_train_config(c, lam).mmd  # the statistic as the λ > 0 codecs train on it
-        ev = evaluate_codec(codec, valid, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
+        ev = evaluate_codec(codec, real, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
                                            "mmd_lag0": dataclasses.replace(mmd, align="none")},
                             device=c.device, seed=seed, mmd_frames=c.mmd_samples, keep_audio=True)
         rec = _embed(embedders, ev.pop("audio"), sr)
