@@ -17,23 +17,27 @@ Read top to bottom:
 Estimators (N = number of samples, i, j run over 1..N):
 
     unbiased  Σ_{i≠j} k(x_i,x_j) / (N(N-1)) + Σ_{i≠j} k(y_i,y_j) / (N(N-1))
-              - 2 Σ_{(i,j)∉S} k(x_i,y_j) / (N² - |S|)
+              - 2 Σ_{(i,j)∉S} k(x_i,y_j) / C
     biased    [Σ_{i,j} k(x_i,x_j) + Σ_{i,j} k(y_i,y_j) - 2 Σ_{i,j} k(x_i,y_j)] / N²  (V-statistic)
     rff       the unbiased formula with k replaced by a random Fourier feature kernel φ(x)·φ(y),
-              computed in O(N) from sums of features (see `_mmd2_rff`). Its error is dominated by
-              the number of features, not N: measured on K·D = 4×64 streams with a shared 2-d
-              latent (MMD² ≈ 0.07), mean (max over 4 draws) relative error vs exact:
-              N=4096: 512 feats 22% (38%), 2048: 9% (18%), 8192: 1.7% (3.7%);
-              N=16384: 512 feats 15% (23%), 2048: 3.7% (6.1%), 8192: 3.3% (6.4%).
+              computed in O(N) from sums of features (`mmd_rff`).
+    expected  the unbiased estimator averaged over all shuffles, in closed form from per-group
+              Gram matrices: no shuffle, no shuffle noise (`mmd_expected`; mmd_independence only).
 
 S is the set of "coincident" cross pairs, given by `sources` [g, N]: y_j was built from rows
 sources[:, j] of x. The default, sources = [0..N-1], gives S = {i = j} and the textbook U-statistic
-with the i ≠ j cross term over N(N-1) (Gretton et al. 2012, eq. 4). For the shuffled set,
+with the i ≠ j cross term over C = N(N-1) (Gretton et al. 2012, eq. 4); `mmd2` divides by the
+number of pairs left, C = N² - |S|. For the shuffled set,
 `mmd_independence` passes the permutations: y_j holds group g of x_{π_g(j)}, so x_i and y_j share a
 component whenever i = π_g(j) for some g. Leaving out only i = j would keep ~(K-1)·N such pairs,
 whose kernel is larger than average, and bias the estimate by about -2K/N·(E[k | shared] - E[k])
 (measured: -2.7/N with K = 3, D = 2, ~10× the null's spread). Leaving out S makes the estimate
 exactly mean-zero under independence (y_j is then independent of x_i and distributed as ⊗P_k).
+`mmd_independence` divides its cross term by the expected count C = E(N² - |S|) = N²(1 - 1/N)^g
+(g groups) and adds the control variate 2·A_xx·(N² - |S| - C)/C (A_xx: the xx term; mean 0 over
+the shuffle; without it the value moved by up to 0.9 shuffle SDs at N = 120). Exactly mean-zero
+under independence, even given the shuffle, and its average over all shuffles is the closed form
+of `estimator="expected"` (with the realised count that average is intractable).
 
 The public reference divides by the batch size B instead of N = B·T, which is off by a factor
 ~T² and so is not the MMD² it intends; we divide by the true pair counts.
@@ -48,6 +52,10 @@ the three N×N kernel matrices are never built: forward peak extra memory is a f
 matrices. The gradient is a custom autograd function that recomputes each block in backward and
 forms the gradient in closed form (∂k/∂x_i = -Σ_a k_a (x_i - y_j) / a), so backward has the same
 O(N·block) peak; measured, forward+backward takes about 2× the forward alone. No double backward.
+
+Precision: computed in float32 at least (float16 / bfloat16 inputs are upcast inside, gradients
+come back in the input's dtype); `standardize` takes its statistics in float64 on max-abs-scaled
+values, so any finite magnitude works. Integer inputs, bad scales and eps <= 0 raise ValueError.
 """
 from __future__ import annotations
 
@@ -59,16 +67,20 @@ import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
+from .kernels import check_scales, compute_dtype, kernel_mix, sq_dist
+from .mmd_expected import mmd2_expected
+from .mmd_rff import mmd2_rff, rff_frequencies
 from .patterns import delay_align
 
-ESTIMATORS = ("unbiased", "biased", "rff")
+ESTIMATORS = ("unbiased", "biased", "rff", "expected")
+_sq_dist, _kernel = sq_dist, kernel_mix  # the blocked estimator's names for them
 ALIGNS = ("none", "delay")
 
 
 @dataclass
 class MMDConfig:
     scales: tuple[float, ...] = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)  # Gaussian variances a
-    estimator: str = "unbiased"  # "unbiased" | "biased" | "rff"
+    estimator: str = "unbiased"  # "unbiased" | "biased" | "rff" | "expected" (shuffle-free)
     align: str = "delay"  # "none" | "delay" (pair streams as the delay pattern predicts them)
     groups: list[list[int]] | None = None  # permuted as blocks; None = every stream alone
     block_size: int = 1024  # rows per block of the exact estimators
@@ -82,8 +94,9 @@ class MMDConfig:
             raise ValueError(f"MMDConfig.estimator={self.estimator!r}: expected one of {ESTIMATORS}")
         if self.align not in ALIGNS:
             raise ValueError(f"MMDConfig.align={self.align!r}: expected one of {ALIGNS}")
-        if len(self.scales) == 0 or min(self.scales) <= 0:
-            raise ValueError(f"MMDConfig.scales={self.scales}: need at least one positive scale")
+        check_scales(self.scales, "MMDConfig.scales")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"MMDConfig.eps={self.eps}: the variance floor must be finite and > 0")
         if self.block_size < 1 or self.n_features < len(self.scales):
             raise ValueError(
                 f"MMDConfig: block_size={self.block_size} must be >= 1 and "
@@ -109,11 +122,21 @@ def streams_to_samples(streams: Tensor, align: str = "delay") -> Tensor:
 def standardize(samples: Tensor, eps: float = 1e-5) -> Tensor:
     """Per stream and dim: zero mean, unit variance over the samples. [n, k, d] -> [n, k, d].
 
-    The variance floor `eps` keeps constant streams finite: they become exactly 0 and, since
-    every distance gradient is ∝ (x_i - x_j) = 0 for them, get zero gradients (no NaN)."""
-    mean = samples.mean(dim=0, keepdim=True)
-    var = samples.var(dim=0, unbiased=False, keepdim=True)
-    return (samples - mean) / torch.sqrt(var + eps)
+    Returns (x - mean) / sqrt(var + eps) in the compute dtype (float32 at least). The statistics
+    are taken in float64 on x / s, s = max |x| per stream and dim (a detached constant, so the
+    function and its gradient are unchanged): no overflow at any finite magnitude. The variance
+    floor `eps` keeps constant streams finite: they become exactly 0 and, since every distance
+    gradient is ∝ (x_i - x_j) = 0 for them, get zero gradients (no NaN)."""
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"standardize: eps={eps} must be finite and > 0")
+    if not samples.is_floating_point():
+        raise ValueError(f"standardize: samples must be floating point, got {samples.dtype}")
+    s = samples.detach().abs().amax(dim=0, keepdim=True).double().clamp(min=1e-150)
+    z = samples.double() / s
+    mean = z.mean(dim=0, keepdim=True)
+    var = z.var(dim=0, unbiased=False, keepdim=True)
+    floor = (eps / s**2).clamp(min=1e-200)  # eps in the rescaled units; never exactly 0
+    return ((z - mean) / torch.sqrt(var + floor)).to(compute_dtype(samples.dtype))
 
 
 def check_groups(groups: list[list[int]] | None, k: int) -> list[list[int]]:
@@ -154,22 +177,6 @@ def shuffle_streams(
 
 # ----------------------------------------------------------------------------------------------
 # Exact MMD², blocked over rows, with a closed-form backward
-
-
-def _sq_dist(u: Tensor, v: Tensor) -> Tensor:
-    """Squared distances [..., m, f], [..., n, f] -> [..., m, n] (via ‖u‖² + ‖v‖² - 2u·v)."""
-    d = u @ v.mT
-    d.mul_(-2).add_((u * u).sum(-1)[..., :, None]).add_((v * v).sum(-1)[..., None, :])
-    return d.clamp_(min=0)
-
-
-def _kernel(d: Tensor, scales: tuple[float, ...], slope: bool = False) -> Tensor:
-    """k = Σ_a exp(-d/(2a)), or with slope=True g = -Σ_a exp(-d/(2a))/a, so that the gradient
-    of k(u, v) = Σ_a exp(-‖u - v‖²/(2a)) is ∂k/∂u = g·(u - v)."""
-    out = torch.zeros_like(d)
-    for a in scales:
-        out.add_(torch.mul(d, -0.5 / a).exp_(), alpha=-1.0 / a if slope else 1.0)
-    return out
 
 
 def distinct_sources(sources: Tensor) -> Tensor:
@@ -215,31 +222,37 @@ def _terms(x, y, sources, start, stop, scales, unbiased, slope):
 class _BlockedMMD2(torch.autograd.Function):
     """MMD² (unbiased or biased) from x, y [..., n, f] -> [...], O(n·block) memory both ways.
 
-    sources: [..., g, n] coincident rows (distinct, -1 = none), used by the unbiased estimator."""
+    sources: [..., g, n] coincident rows (distinct, -1 = none), used by the unbiased estimator;
+    expected_pairs: see `mmd2`."""
 
     @staticmethod
-    def forward(ctx, x, y, sources, scales, unbiased, block_size):
+    def forward(ctx, x, y, sources, scales, unbiased, block_size, expected_pairs=None):
         n = x.shape[-2]
         if unbiased:
             w_self = 1.0 / (n * (n - 1))
-            w_xy = -2.0 / (n * n - (sources >= 0).sum((-2, -1)).to(x.dtype))  # [...] or scalar
+            pairs = n * n - (sources >= 0).sum((-2, -1)).to(x.dtype)  # [...] or scalar: N² - |S|
+            if expected_pairs is None:
+                w_xx, w_xy = w_self, -2.0 / pairs
+            else:  # Σ_{∉S} k / C with the control variate A_xx·(N² - |S| - C)/C subtracted
+                w_xx, w_xy = w_self * (1 + 2 * (pairs - expected_pairs) / expected_pairs), -2.0 / expected_pairs
         else:
             w_self, w_xy = 1.0 / (n * n), -2.0 / (n * n)
+            w_xx = w_self
+        weights = dict(xx=w_xx, yy=w_self, xy=w_xy)
         total = x.new_zeros(x.shape[:-2])
         for start in range(0, n, block_size):
             for name, k in _terms(x, y, sources, start, min(start + block_size, n), scales, unbiased, False):
-                total = total + (w_xy if name == "xy" else w_self) * k.sum((-2, -1))
+                total = total + weights[name] * k.sum((-2, -1))
         ctx.save_for_backward(x, y, sources)
-        ctx.config = (scales, unbiased, block_size, w_self, w_xy)
+        ctx.config = (scales, unbiased, block_size, weights)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         x, y, sources = ctx.saved_tensors
-        scales, unbiased, block_size, w_self, w_xy = ctx.config
+        scales, unbiased, block_size, weights = ctx.config
         n = x.shape[-2]
-        c_self = (grad_out * w_self)[..., None, None]
-        c_xy = (grad_out * w_xy)[..., None, None]
+        c_xx, c_yy, c_xy = ((grad_out * weights[name])[..., None, None] for name in ("xx", "yy", "xy"))
         grad_x, grad_y = torch.zeros_like(x), torch.zeros_like(y)
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
@@ -247,79 +260,13 @@ class _BlockedMMD2(torch.autograd.Function):
             for name, g in _terms(x, y, sources, start, stop, scales, unbiased, True):
                 row_sum = g.sum(-1)[..., None]  # [..., rows, 1]
                 if name == "xx":  # symmetric: row i's own block gives x_i both of its roles
-                    grad_x[..., start:stop, :] += 2 * c_self * (xb * row_sum - g @ x)
+                    grad_x[..., start:stop, :] += 2 * c_xx * (xb * row_sum - g @ x)
                 elif name == "yy":
-                    grad_y[..., start:stop, :] += 2 * c_self * (yb * row_sum - g @ y)
+                    grad_y[..., start:stop, :] += 2 * c_yy * (yb * row_sum - g @ y)
                 else:  # Σ k(x_i, y_j): x_i gets its row, every y_j its column
                     grad_x[..., start:stop, :] += c_xy * (xb * row_sum - g @ y)
                     grad_y += c_xy * (y * g.sum(-2)[..., None] - g.mT @ xb)
-        return grad_x, grad_y, None, None, None, None
-
-
-# ----------------------------------------------------------------------------------------------
-# Random Fourier features: the same kernel mix in O(n)
-
-
-def rff_frequencies(
-    f: int, scales: tuple[float, ...], n_features: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Frequencies [f, S·m], m = n_features // S per scale, w ~ N(0, I/a) for scale a.
-
-    exp(-‖δ‖²/(2a)) = E_w cos(w·δ) for w ~ N(0, I/a) (Bochner), so with
-    φ(x) = [cos(xW), sin(xW)] / √m, φ(x)·φ(y) = Σ_a mean_w cos(w·(x - y)) ≈ Σ_a k_a(x, y)."""
-    m = n_features // len(scales)
-    return torch.cat([torch.randn(f, m, generator=generator) / math.sqrt(a) for a in scales], dim=1)
-
-
-def _feature_sum(x: Tensor, w: Tensor) -> Tensor:
-    """Σ_i φ(x_i)·√m = Σ_i [cos(x_i W), sin(x_i W)]: [n, f] -> [2F]."""
-    p = x @ w
-    return torch.cat([torch.cos(p).sum(0), torch.sin(p).sum(0)])
-
-
-def _rff_sums(xb: Tensor, yb: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """Per block: Σ_i φ(x_i)·√m and Σ_j φ(y_j)·√m, each [2F]."""
-    return _feature_sum(xb, w), _feature_sum(yb, w)
-
-
-def _coincident_kernel_sum(x: Tensor, y: Tensor, sources: Tensor, scales: tuple[float, ...]) -> Tensor:
-    """Σ_{(i,j)∈S} k(x_i, y_j) with the exact kernel: g·N pairs, O(g·N·f)."""
-    total = x.new_zeros(())
-    for src in sources:  # [n], -1 = none
-        valid = src >= 0
-        d = ((x[src[valid]] - y[valid]) ** 2).sum(-1)
-        total = total + _kernel(d, scales).sum()
-    return total
-
-
-def _mmd2_rff(x: Tensor, y: Tensor, sources: Tensor, w: Tensor, scales: tuple[float, ...], block_size: int) -> Tensor:
-    """Unbiased MMD² with the random-feature kernel, x, y [n, f] -> scalar, O(n·F) time and
-    O(block·F) memory.
-
-    With Sx = Σ_i φ(x_i), Sy = Σ_j φ(y_j) and ‖φ(x)‖² = S_a (the number of scales) exactly:
-        Σ_{i≠j} k(x_i,x_j) ≈ ‖Sx‖² - N·S_a,   Σ_{(i,j)∉S} k(x_i,y_j) ≈ Sx·Sy - C,
-    where C, the sum over the few (g·N) coincident pairs, uses the exact kernel (E_w φ·φ = k,
-    so the estimate stays unbiased over the draw of frequencies). Blocks run under activation
-    checkpointing when a gradient is needed, so backward keeps one block of features at a time."""
-    if x.dim() != 2 or sources.dim() != 2:
-        raise ValueError(f"mmd2(estimator='rff'): expected x [n, f] and sources [g, n], got "
-                         f"{tuple(x.shape)} and {tuple(sources.shape)}")
-    n, w = x.shape[0], w.to(x)
-    m = w.shape[1] // len(scales)
-    sx = sy = 0.0
-    step = 4 * block_size  # features are cheaper than kernel rows
-    for start in range(0, n, step):
-        args = (x[start : start + step], y[start : start + step], w)
-        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-            bx, by = torch.utils.checkpoint.checkpoint(_rff_sums, *args, use_reentrant=False)
-        else:
-            bx, by = _rff_sums(*args)
-        sx, sy = sx + bx, sy + by
-    sx, sy = sx / math.sqrt(m), sy / math.sqrt(m)
-    c = _coincident_kernel_sum(x, y, sources, scales)
-    n_xy = n * n - (sources >= 0).sum()
-    self_terms = ((sx * sx).sum() + (sy * sy).sum() - 2 * n * len(scales)) / (n * (n - 1))
-    return self_terms - 2 * ((sx * sy).sum() - c) / n_xy
+        return grad_x, grad_y, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,36 +282,51 @@ def mmd2(
     n_features: int = 2048,
     generator: torch.Generator | None = None,
     sources: Tensor | None = None,
+    expected_pairs: float | None = None,
 ) -> Tensor:
     """MMD² between sample sets x, y [..., n, f] -> [...] (leading dims are batched; rff: [n, f]).
 
     k(x, y) = Σ_a exp(-‖x - y‖²/(2a)) on raw squared distances; see the module docstring for
     the exact formulas. `sources` [..., g, n] (int64): y_j was built from rows sources[..., :, j]
-    of x; those cross pairs are left out of the unbiased estimators (default: the i = j pairs).
-    `generator` draws the rff frequencies."""
+    of x; those cross pairs are left out of the unbiased estimators (default: the i = j pairs),
+    and the sum over the others is divided by their number. `expected_pairs` (C, when y is a
+    random shuffle): divide by C = E(N² - |S|) instead and add 2·A_xx·(N² - |S| - C)/C (a control
+    variate with mean 0 over the shuffle; see the module docstring).
+    `generator` draws the rff frequencies. Computed in float32 at least (inputs are upcast, the
+    gradient keeps their dtype). The shuffle-free estimator needs the groups: `mmd2_expected`."""
     if x.shape != y.shape or x.dim() < 2:
         raise ValueError(f"mmd2: x {tuple(x.shape)} and y {tuple(y.shape)} must both be [..., n, f]")
+    if not (x.is_floating_point() and y.is_floating_point()):
+        raise ValueError(f"mmd2: x and y must be floating point, got {x.dtype} and {y.dtype}")
     n = x.shape[-2]
     if n < 4:
         raise ValueError(f"mmd2: need at least 4 samples, got x of shape {tuple(x.shape)}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"mmd2: estimator={estimator!r}, expected one of {ESTIMATORS}")
+    if estimator not in ESTIMATORS or estimator == "expected":
+        raise ValueError(f"mmd2: estimator={estimator!r}, expected one of {ESTIMATORS[:3]} "
+                         "(the shuffle-free one: mmd2_expected or mmd_independence)")
+    if block_size < 1:
+        raise ValueError(f"mmd2: block_size={block_size} must be >= 1")
     if sources is None:
         sources = torch.arange(n, device=x.device)[None]
     if sources.shape[-1] != n or sources.dtype != torch.int64:
         raise ValueError(f"mmd2: sources must be int64 [..., g, {n}], got {sources.dtype} {tuple(sources.shape)}")
     sources = distinct_sources(sources.to(x.device))
-    scales = tuple(float(a) for a in scales)
+    scales = check_scales(scales)
+    dtype = torch.promote_types(compute_dtype(x.dtype), y.dtype)
+    x, y = x.to(dtype), y.to(dtype)
     if estimator == "rff":
         w = rff_frequencies(x.shape[-1], scales, n_features, generator)
-        return _mmd2_rff(x, y, sources, w, scales, block_size)
-    return _BlockedMMD2.apply(x, y, sources, scales, estimator == "unbiased", block_size)
+        return mmd2_rff(x, y, sources, w, scales, block_size, expected_pairs)
+    return _BlockedMMD2.apply(x, y, sources, scales, estimator == "unbiased", block_size, expected_pairs)
 
 
 def prepare_samples(streams: Tensor, cfg: MMDConfig) -> Tensor:
-    """Check, align, flatten and (optionally) standardise: [b, k, d, t] -> [n, k, d]."""
+    """Check, align, flatten and (optionally) standardise: [b, k, d, t] -> [n, k, d], in the
+    compute dtype (float32 at least)."""
     if streams.dim() != 4:
         raise ValueError(f"streams: expected [b, k, d, t], got shape {tuple(streams.shape)}")
+    if not streams.is_floating_point():
+        raise ValueError(f"streams: expected a floating-point tensor, got {streams.dtype}")
     if not torch.isfinite(streams).all():
         raise ValueError(f"streams of shape {tuple(streams.shape)} contain NaN or inf")
     samples = streams_to_samples(streams, cfg.align)
@@ -373,12 +335,29 @@ def prepare_samples(streams: Tensor, cfg: MMDConfig) -> Tensor:
             f"streams of shape {tuple(streams.shape)} give {samples.shape[0]} samples "
             f"(align={cfg.align!r}); the MMD needs at least 4"
         )
-    return standardize(samples, cfg.eps) if cfg.standardize else samples
+    if cfg.standardize:
+        return standardize(samples, cfg.eps)
+    samples = samples.to(compute_dtype(samples.dtype))
+    biggest = float(samples.detach().abs().max()) ** 2 * samples[0].numel()
+    if biggest > torch.finfo(samples.dtype).max / 8:
+        raise ValueError(f"streams: magnitude {biggest ** 0.5:.3g} overflows the {samples.dtype} squared "
+                         "distances with standardize=False; standardise them (MMDConfig.standardize=True)")
+    return samples
 
 
 def effective_scales(cfg: MMDConfig, f: int) -> tuple[float, ...]:
     """Scales as applied to raw squared distances (×f when distances are normalised by f)."""
     return tuple(a * f for a in cfg.scales) if cfg.normalize_distance else tuple(cfg.scales)
+
+
+def group_parts(samples: Tensor, groups: list[list[int]]) -> list[Tensor]:
+    """Samples [n, k, d] -> one feature matrix [n, |g|·d] per group."""
+    return [samples[:, g].flatten(1) for g in groups]
+
+
+def expected_pairs(n: int, n_groups: int) -> float:
+    """E(N² - |S|) over a uniform per-group shuffle: N²(1 - 1/N)^g (see the module docstring)."""
+    return n * n * (1.0 - 1.0 / n) ** n_groups
 
 
 def mmd_independence(
@@ -390,18 +369,23 @@ def mmd_independence(
     """The loss: MMD²(joint, product of marginals) of residual streams [b, k, d, t] -> scalar.
 
     The shuffle (and the rff frequencies) come from `generator`, or a new one seeded by `seed`,
-    or torch's global generator when both are None."""
+    or torch's global generator when both are None. estimator="expected" needs no shuffle (the
+    seed is ignored): it is the average of the "unbiased" value over all shuffles."""
     if seed is not None and generator is not None:
         raise ValueError("mmd_independence: pass either seed or generator, not both")
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
     samples = prepare_samples(streams, cfg)  # [n, k, d]
     groups = check_groups(cfg.groups, samples.shape[1])
-    perms = random_permutations(samples.shape[0], len(groups), generator)  # [g, n]
+    scales = effective_scales(cfg, samples[0].numel())
+    if cfg.estimator == "expected":
+        return mmd2_expected(group_parts(samples, groups), scales, cfg.block_size)
+    n = samples.shape[0]
+    perms = random_permutations(n, len(groups), generator)  # [g, n]
     shuffled = permute_groups(samples, perms, groups)  # y_j: group g of sample perms[g, j]
     x, y = samples.flatten(1), shuffled.flatten(1)  # [n, f], f = k·d
-    scales = effective_scales(cfg, x.shape[1])
-    return mmd2(x, y, scales, cfg.estimator, cfg.block_size, cfg.n_features, generator, sources=perms)
+    return mmd2(x, y, scales, cfg.estimator, cfg.block_size, cfg.n_features, generator, sources=perms,
+                expected_pairs=expected_pairs(n, len(groups)))
 
 
 def gather_streams(streams: Tensor) -> Tensor:

@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 from mmdlib.mmd import (
     MMDConfig,
+    expected_pairs,
     gather_streams,
     mmd2,
     mmd_independence,
@@ -10,6 +13,7 @@ from mmdlib.mmd import (
     standardize,
     streams_to_samples,
 )
+from mmdlib.mmd_expected import mmd2_expected
 from mmdlib.patterns import delay_align
 
 SCALES = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)
@@ -273,3 +277,164 @@ def test_gather_streams_two_ranks_equals_one_process_on_the_pooled_batch(tmp_pat
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got["loss"], loss.detach())  # shuffles span both ranks' samples
         torch.testing.assert_close(got["grad"], pooled.grad[3 * rank: 3 * (rank + 1)])  # its own slot
+
+
+# -- the shuffle-free estimator ----------------------------------------------------------------
+def enumerate_shuffled(parts, scales):
+    """The mmd_independence estimator (cross term over E|S^c|) for every per-group shuffle."""
+    import itertools
+
+    n, g = parts[0].shape[0], len(parts)
+    perms = list(itertools.permutations(range(n)))
+    # a common relabelling of the columns leaves the estimator unchanged: fix group 0
+    sources = torch.tensor([[list(range(n))] + list(c) for c in itertools.product(perms, repeat=g - 1)])
+    x = torch.cat(parts, -1).expand(len(sources), n, -1)
+    y = torch.cat([p[sources[:, i]] for i, p in enumerate(parts)], -1)
+    return mmd2(x, y, scales, "unbiased", block_size=64, sources=sources, expected_pairs=expected_pairs(n, g))
+
+
+@pytest.mark.parametrize("dims,n", [((2, 2), 5), ((1, 3), 6), ((2, 1, 2), 5)])
+def test_expected_equals_the_mean_over_all_shuffles(dims, n):
+    g = torch.Generator().manual_seed(10)
+    parts = [torch.randn(n, d, generator=g, dtype=torch.float64) for d in dims]
+    parts[1] = parts[1] + parts[0][:, :1]  # dependent groups: a nonzero MMD
+    every = enumerate_shuffled(parts, (0.5, 2.0))
+    expected = mmd2_expected(parts, (0.5, 2.0), block_size=2)
+    assert torch.allclose(expected, every.mean(), rtol=1e-12, atol=1e-15)
+    assert every.std() > 100 * abs(expected - every.mean())  # the shuffles really differ
+
+
+def test_expected_equals_mean_of_many_shuffles_through_mmd_independence():
+    s = dependent_streams(b=2, t=20, seed=11)  # N = 2 * 18 delay-aligned samples, groups of 2 + 1
+    cfg = MMDConfig(groups=[[0, 2], [1]], normalize_distance=True, scales=(0.1, 1.0))
+    shuffled = torch.stack([mmd_independence(s, cfg, seed=k) for k in range(400)])
+    expected = mmd_independence(s, dataclasses.replace(cfg, estimator="expected"), seed=123)
+    assert abs(shuffled.mean() - expected) < 4 * shuffled.std() / 400**0.5
+    assert shuffled.std() > 0.05 * abs(expected)
+
+
+def test_expected_zero_mean_under_independence_and_large_under_dependence():
+    cfg = MMDConfig(align="none", estimator="expected")
+    indep = torch.stack([mmd_independence(torch.randn(4, 3, 2, 32, generator=torch.Generator().manual_seed(s)), cfg)
+                         for s in range(20)])
+    dep = torch.stack([mmd_independence(dependent_streams(t=32, seed=s), cfg) for s in range(5)])
+    assert abs(indep.mean()) < 3 * indep.std() / 20**0.5
+    assert dep.min() > 10 * indep.abs().max()
+
+
+def test_expected_has_less_variance_than_shuffled():
+    """Rao-Blackwell: averaging out the shuffle can only lower the variance over data draws."""
+    draws = [dependent_streams(b=2, t=32, seed=s, noise=1.0) for s in range(30)]
+    cfg = MMDConfig(align="none")
+    shuffled = torch.stack([mmd_independence(s, cfg, seed=i) for i, s in enumerate(draws)])
+    expected = torch.stack([mmd_independence(s, dataclasses.replace(cfg, estimator="expected")) for s in draws])
+    assert expected.std() < shuffled.std()
+
+
+def test_expected_blocked_gradcheck():
+    g = torch.Generator().manual_seed(12)
+    parts = [torch.randn(13, d, generator=g, dtype=torch.float64, requires_grad=True) for d in (2, 1, 3)]
+    assert torch.autograd.gradcheck(lambda *p: mmd2_expected(list(p), (0.5, 3.0), block_size=4), parts)
+
+
+def test_expected_blocked_equals_unblocked_with_gradients():
+    g = torch.Generator().manual_seed(13)
+    base = [torch.randn(70, 4, generator=g) for _ in range(3)]
+    values, grads = [], []
+    for block in (7, 70, 1000):
+        parts = [p.clone().requires_grad_(True) for p in base]
+        v = mmd2_expected(parts, SCALES, block_size=block)
+        v.backward()
+        values.append(v)
+        grads.append(torch.cat([p.grad for p in parts], 1))
+    for v, gr in zip(values[1:], grads[1:]):
+        assert torch.allclose(v, values[0], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(gr, grads[0], rtol=1e-4, atol=1e-8)
+
+
+def test_expected_gradients_reach_encoder_and_seed_is_ignored():
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(5, 3 * 2)
+    streams = encoder(torch.randn(4, 40, 5)).reshape(4, 40, 3, 2).permute(0, 2, 3, 1)
+    cfg = MMDConfig(estimator="expected", block_size=37)
+    loss = mmd_independence(streams, cfg, seed=0)
+    loss.backward()
+    assert torch.equal(loss, mmd_independence(streams, cfg, seed=1))
+    assert torch.isfinite(encoder.weight.grad).all() and encoder.weight.grad.abs().sum() > 0
+
+
+def test_expected_not_a_two_sample_estimator():
+    with pytest.raises(ValueError, match="mmd2_expected"):
+        mmd2(torch.randn(8, 2), torch.randn(8, 2), estimator="expected")
+
+
+# -- precision and validation ------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", ["unbiased", "expected", "rff"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_match_float32(estimator, dtype):
+    s = dependent_streams(t=32, seed=14)
+    cfg = MMDConfig(align="none", estimator=estimator, n_features=256)
+    low = s.to(dtype).requires_grad_(True)
+    value = mmd_independence(low, cfg, seed=0)
+    value.backward()
+    reference = mmd_independence(s.to(dtype).float(), cfg, seed=0)  # the same (rounded) numbers in float32
+    assert value.dtype == torch.float32 and torch.allclose(value, reference, rtol=1e-5)
+    assert abs(value - mmd_independence(s, cfg, seed=0)) < 0.02 * value
+    assert low.grad.dtype == dtype and torch.isfinite(low.grad).all() and low.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "expected"])
+def test_huge_inputs_give_the_rescaled_value(estimator):
+    s = dependent_streams(t=32, seed=15)
+    cfg = MMDConfig(align="none", estimator=estimator)
+    for scale, dtype in ((1e20, torch.float32), (1e200, torch.float64)):
+        big = (s.to(dtype) * scale).requires_grad_(True)
+        value = mmd_independence(big, cfg, seed=0)
+        value.backward()
+        assert torch.allclose(value.double(), mmd_independence(s.to(dtype), cfg, seed=0).double(), rtol=1e-3)
+        assert torch.isfinite(big.grad).all() and big.grad.abs().sum() > 0
+
+
+def test_invalid_scales_eps_and_dtypes_raise():
+    for scales in ((1.0, float("inf")), (float("nan"),), (0.0,), ()):
+        with pytest.raises(ValueError, match="scales"):
+            MMDConfig(scales=scales)
+    with pytest.raises(ValueError, match="scales"):
+        mmd2(torch.randn(8, 2), torch.randn(8, 2), scales=(float("inf"),))
+    for eps in (0.0, -1e-5, float("nan")):
+        with pytest.raises(ValueError, match="eps"):
+            MMDConfig(eps=eps)
+    with pytest.raises(ValueError, match="eps"):
+        standardize(torch.randn(10, 2, 3), eps=0.0)
+    with pytest.raises(ValueError, match="streams.*floating"):
+        mmd_independence(torch.randint(0, 5, (2, 3, 2, 8)), seed=0)
+    with pytest.raises(ValueError, match="floating"):
+        mmd2(torch.randint(0, 5, (8, 2)), torch.randint(0, 5, (8, 2)))
+    with pytest.raises(ValueError, match="standardize"):
+        mmd_independence(torch.full((2, 2, 1, 8), 1e30).normal_(std=1e30), MMDConfig(standardize=False), seed=0)
+
+
+def test_expected_pairs_control_variate_stays_near_the_realised_count():
+    """Dividing by E(N² - |S|) alone moves the value by up to 0.9 shuffle SDs here (measured); the
+    control variate keeps it within a small fraction of the realised-count estimator's shuffle noise."""
+    s = dependent_streams(t=32, seed=16)  # N = 4 * 30 delay-aligned samples, 3 groups
+    cfg = MMDConfig()
+    x = streams_to_samples(standardize(s.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), "delay")
+    n = x.shape[0]
+    values, realised = [], []
+    for seed in range(20):
+        perms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(100 * seed + g)) for g in range(3)])
+        y = torch.stack([x[perms[g], g] for g in range(3)], 1)
+        values.append(mmd2(x.flatten(1), y.flatten(1), cfg.scales, sources=perms, expected_pairs=expected_pairs(n, 3)))
+        realised.append(mmd2(x.flatten(1), y.flatten(1), cfg.scales, sources=perms))
+    values, realised = torch.stack(values), torch.stack(realised)
+    assert (values - realised).abs().max() < 0.02 * realised.std()
+
+
+def test_gradcheck_with_expected_pairs():
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    sources = torch.stack([torch.randperm(12, generator=g) for _ in range(3)])
+    assert torch.autograd.gradcheck(
+        lambda a, b: mmd2(a, b, (0.5, 2.0), "unbiased", 5, sources=sources, expected_pairs=expected_pairs(12, 3)), (x, y))

@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("codec", "mmd", "independence", "generate")
+BENCHMARKS = ("codec", "mmd", "hsic", "independence", "generate")
 
 
 def main() -> None:
