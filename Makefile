@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PRESET  ?= tiny
 DEVICE  ?= cpu
 
-.PHONY: setup run test unit nbval notebooks bench experiment lab clean
+.PHONY: setup run test unit nbval browser notebooks bench experiment lab clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ unit: setup
 
 nbval: setup
 	$(BIN)/python -m pytest -q --nbval --nbval-current-env notebooks
+
+# the browser test alone (also part of `unit`): the committed notebooks rendered to HTML and checked in
+# headless Chromium (needs apt-get install chromium chromium-driver); screenshots in runs/browser/
+browser: setup
+	$(BIN)/python -m pytest -q tests/test_browser.py
 
 # refresh the outputs committed with the notebooks (and figures/) from a fresh tiny run
 notebooks: setup
