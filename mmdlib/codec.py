@@ -1,4 +1,8 @@
-"""The RVQ audio codec: SEANet encoder -> residual vector quantizer -> SEANet decoder.
+"""The RVQ audio codec: encoder -> residual vector quantizer -> decoder.
+
+Two encoder/decoder pairs (`CodecConfig.arch`): the paper's SEANet (`mmdlib.seanet`, convolutions at
+the sample rate) and a frame-rate STFT encoder with an iSTFT decoder (`mmdlib.spectral`, the
+`tiny` preset: far less compute per second of audio on a CPU).
 
 Shapes: audio `b c n`, latents `b d t`, codes `b k t`, residual streams `b k d t`
 (t = n / hop_length frames at `frame_rate` Hz).
@@ -15,6 +19,9 @@ from torch import nn
 
 from .quantize import QuantizerConfig, ResidualVQ
 from .seanet import Decoder, Encoder, SEANetConfig
+from .spectral import SpectralConfig, SpectralDecoder, SpectralEncoder
+
+ARCHS = ("seanet", "spectral")
 
 
 @dataclass
@@ -22,14 +29,23 @@ class CodecConfig:
     sample_rate: int = 16000
     seanet: SEANetConfig = field(default_factory=SEANetConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    arch: str = "seanet"            # which encoder/decoder: "seanet" (uses `seanet`) or "spectral"
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
 
     def __post_init__(self):
-        if self.seanet.dim != self.quantizer.dim:
-            raise ValueError(f"seanet.dim={self.seanet.dim} must equal quantizer.dim={self.quantizer.dim}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"CodecConfig.arch={self.arch!r}: choose one of {ARCHS}")
+        if self.net.dim != self.quantizer.dim:
+            raise ValueError(f"{self.arch}.dim={self.net.dim} must equal quantizer.dim={self.quantizer.dim}")
+
+    @property
+    def net(self) -> SEANetConfig | SpectralConfig:
+        """The config of the encoder/decoder pair in use."""
+        return self.seanet if self.arch == "seanet" else self.spectral
 
     @property
     def hop_length(self) -> int:
-        return self.seanet.hop_length
+        return self.net.hop_length
 
     @property
     def frame_rate(self) -> float:
@@ -41,15 +57,25 @@ class CodecConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CodecConfig":
         seanet = dict(d["seanet"], ratios=tuple(d["seanet"]["ratios"]))
-        return cls(d["sample_rate"], SEANetConfig(**seanet), QuantizerConfig(**d["quantizer"]))
+        spectral = d.get("spectral", {})
+        spectral = {k: tuple(v) if isinstance(v, list) else v for k, v in spectral.items()}
+        return cls(d["sample_rate"], SEANetConfig(**seanet), QuantizerConfig(**d["quantizer"]),
+                   d.get("arch", "seanet"), SpectralConfig(**spectral))
 
 
 CODEC_PRESETS: dict[str, CodecConfig] = {
-    # 16 kHz, hop 320 -> 50 Hz, 4 x 256 codes (1.6 kbps); trains on a 2-core CPU in minutes.
+    # 16 kHz, 50 Hz latent frames, 4 x 256 codes (1.6 kbps): a frame-rate MLP encoder and an iSTFT
+    # decoder (mmdlib.spectral) that trains to music-grade reconstructions on a 2-core CPU in minutes.
+    # 8 x 50 = 400 vectors a batch for 256 codes: a code is dead below 0.5 uses (EMA)
     "tiny": CodecConfig(
+        sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=64),
+        quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256, threshold_ema_dead_code=0.5),
+    ),
+    # The former tiny codec: a small SEANet (hop 320). Its reconstructions are a tonal smear at this
+    # budget (README, "The tiny codec"); kept to compare against.
+    "tiny_seanet": CodecConfig(
         sample_rate=16000,
         seanet=SEANetConfig(dim=64, n_filters=16, ratios=(8, 5, 4, 2), n_residual_layers=1, lstm=0),
-        # 8 x 50 = 400 vectors a batch for 256 codes: a code is dead below 0.5 uses (EMA)
         quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256, threshold_ema_dead_code=0.5),
     ),
     # The paper's codec: 32 kHz, ratios 8,5,4,4 (hop 640 -> 50 Hz), 64 filters, 4 x 2048 codes.
@@ -73,15 +99,18 @@ class CodecOutput:
     codes: torch.Tensor        # b k t
     streams: torch.Tensor      # b k d t, residual after each stage (quantized part detached)
     commit_loss: torch.Tensor  # scalar
+    logmag: torch.Tensor | None = None  # spectral decoder: its predicted log-magnitude `b c f s`
 
 
 class Codec(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg.seanet)
+        if cfg.arch == "seanet":
+            self.encoder, self.decoder = Encoder(cfg.seanet), Decoder(cfg.seanet)
+        else:
+            self.encoder, self.decoder = SpectralEncoder(cfg.spectral), SpectralDecoder(cfg.spectral)
         self.quantizer = ResidualVQ(cfg.quantizer)
-        self.decoder = Decoder(cfg.seanet)
 
     @property
     def hop_length(self) -> int:
@@ -92,8 +121,8 @@ class Codec(nn.Module):
         return self.cfg.frame_rate
 
     def _check(self, wav: torch.Tensor) -> torch.Tensor:
-        if wav.dim() != 3 or wav.shape[1] != self.cfg.seanet.channels:
-            raise ValueError(f"wav must be [b, {self.cfg.seanet.channels}, n], got {list(wav.shape)}")
+        if wav.dim() != 3 or wav.shape[1] != self.cfg.net.channels:
+            raise ValueError(f"wav must be [b, {self.cfg.net.channels}, n], got {list(wav.shape)}")
         pad = -wav.shape[-1] % self.hop_length  # right-pad to whole frames
         return F.pad(wav, (0, pad))
 
@@ -101,8 +130,11 @@ class Codec(nn.Module):
         n = wav.shape[-1]
         z = self.encoder(self._check(wav))
         q = self.quantizer(z)
-        wav_hat = self.decoder(q.quantized)[..., :n]
-        return CodecOutput(wav_hat, q.codes, q.streams, q.commit_loss)
+        if self.cfg.arch == "spectral":
+            wav_hat, logmag = self.decoder(q.quantized, return_logmag=True)
+        else:
+            wav_hat, logmag = self.decoder(q.quantized), None
+        return CodecOutput(wav_hat[..., :n], q.codes, q.streams, q.commit_loss, logmag)
 
     def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Residual streams `b k d t` with gradient to the encoder, quantizer buffers untouched.

@@ -51,6 +51,7 @@ class SweepConfig:
     per_data: dict = field(default_factory=lambda: {
         "supertux": {"lambdas": (0.0, 3.0, 10.0, 30.0), "lambdas_nonaligned": (10.0,)}})
     embedders: dict = field(default_factory=lambda: {"logmel": {}, "crepe": {"hop_length": 640}})
+    n_visqol: int = 8                # held-out clips scored with ViSQOL per codec (~0.5 s of CPU each)
     # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
     pipeline: PipelineConfig = PipelineConfig(
         codec_steps=500, codec_eval_every=250, lm_preset="small", lm_steps=300, lm_eval_every=300, n_gen=8,
@@ -145,7 +146,8 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
         mmd = codec_train_config(c, lam).mmd  # the statistic as the λ > 0 codecs train on it
         ev = evaluate_codec(codec, real, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
                                            "mmd_lag0": dataclasses.replace(mmd, align="none")},
-                            device=c.device, seed=seed, mmd_frames=c.mmd_samples, keep_audio=True)
+                            device=c.device, seed=seed, mmd_frames=c.mmd_samples, keep_audio=True,
+                            n_visqol=min(sweep.n_visqol, len(real)))
         rec = _embed(embedders, ev.pop("audio"), sr)
         q = codec.cfg.quantizer
         name = codec_name(lam, c.align)
@@ -193,9 +195,10 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
             link.symlink_to(Path("..") / src.name)
         for pattern in cfg.patterns:
             lm = train_lm_run(study, lam, pattern)
+            curve = [r["valid_bits_per_frame"] for r in lm["history"] if "valid_bits_per_frame" in r]
             rows.append({"codec": codec_name(lam, cfg.align), "lambda": lam, "pattern": pattern,
                          "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["valid_bits_per_frame"],
-                         "curve": lm["history"]["valid_bits_per_frame"], "train_seconds": lm["train_seconds"]})
+                         "curve": curve, "train_seconds": lm["train_seconds"]})
     add_gap(rows)
     write_json(study.run_path / "lm_study.json", {"data": data, "seed": seed, "rows": rows})
     return rows
@@ -276,14 +279,15 @@ def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep"
         lines += [f"### {tag} ({len(a['seeds'])} seeds: {', '.join(map(str, a['seeds']))})", "",
                   f"Codec bitrate {', '.join(map(str, kbps))} kbps; smallest codebook usage (perplexity / size) per codec: "
                   + ", ".join(f"{c['codec']} {_ms(c.get('usage_perplexity_ratio_min'), '.2f')}" for c in a["codecs"]) + ".", "",
-                  "| codec | pattern | SI-SNR dB ↑ | mel ↓ | NMI delay ↓ | MMD² delay ↓ | bits/frame ↓ | − flatten "
+                  "| codec | pattern | ViSQOL ↑ | mel ↓ | SI-SNR dB ↑ | NMI delay ↓ | MMD² delay ↓ | bits/frame ↓ | − flatten "
                   + "".join(f"| FAD {e} rec. ↓ | FAD {e} gen. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
-                  "|---" * (10 + 2 * len(embedders)) + "|"]
+                  "|---" * (11 + 2 * len(embedders)) + "|"]
         codec_rows = {c["codec"]: c for c in a["codecs"]}
         for r in a["lms"]:
             c = codec_rows[r["codec"]]
             lines.append(
-                f"| {r['codec']} | {r['pattern']} | {_ms(c['sisnr_db'], '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {r['codec']} | {r['pattern']} | {_ms(c.get('visqol'), '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {_ms(c['sisnr_db'], '.2f')} "
                 f"| {_ms(c['nmi_delay'], '.3f')} | {_ms(c['mmd_delay'], '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
                 f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} "
                 + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen'), '.2f')} " for e in embedders)

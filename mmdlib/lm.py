@@ -22,12 +22,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .checkpoint import load_checkpoint
 from .patterns import PATTERNS, Pattern, make_pattern, n_slots
 
 
@@ -171,6 +173,8 @@ class TokenLM(nn.Module):
         cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_steps, cfg.rope_base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        due_offset = torch.arange(self.n_slots)[:, None] * (cfg.n_q + 1)       # [j, 1]: slot j's rows
+        self.register_buffer("due_offset", due_offset, persistent=False)
         self.apply(self._init)
         nn.init.normal_(self.heads, std=0.02)
         for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
@@ -188,16 +192,22 @@ class TokenLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # The pattern-dependent index tables, [j, s] long each.
-    def in_index(self, pat: Pattern) -> torch.Tensor:
-        """Row of tok_emb for a token 0 at each input position: codebook of the previous step."""
-        cb = torch.cat([pat.codebook[:, :1], pat.codebook[:, :-1]], dim=1)
-        return cb * (self.cfg.codebook_size + 2)
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "TokenLM":
+        """The model of a train_lm checkpoint (run_dir/checkpoint.pt), in eval mode on map_location."""
+        state = load_checkpoint(path, "lm")
+        model = cls(LMConfig.from_dict(state["config"]["model"]))
+        model.load_state_dict(state["model"])
+        return model.to(map_location).eval()
 
-    def due_index(self, pat: Pattern) -> torch.Tensor:
+    # The pattern-dependent index tables of the steps `at` = start..end-1, [j, s] long each.
+    def in_index(self, pat: Pattern, at: slice) -> torch.Tensor:
+        """Row of tok_emb for a token 0 at each input position: codebook of the previous step."""
+        return pat.prev_codebook[:, at] * (self.cfg.codebook_size + 2)
+
+    def due_index(self, pat: Pattern, at: slice) -> torch.Tensor:
         """Row of due_emb at each position: slot j predicts codebook c (or n_q: nothing)."""
-        due = torch.where(pat.valid, pat.codebook, self.cfg.n_q)
-        return due + torch.arange(pat.n_slots, device=due.device)[:, None] * (self.cfg.n_q + 1)
+        return pat.due[:, at] + self.due_offset
 
     def shift_right(self, seq: torch.Tensor) -> torch.Tensor:
         """Targets [b, j, s] -> inputs [b, j, s]: BOS, then steps 0..s-2."""
@@ -219,11 +229,6 @@ class TokenLM(nn.Module):
             cond = torch.where(drop, self.cfg.n_classes, cond)
         return self.cond_emb(cond)[:, None]
 
-    def embed(self, tokens, in_index, due_index, cond_vec=None) -> torch.Tensor:
-        """tokens [b, j, s], index tables [j, s] -> step embeddings [b, s, d]."""
-        x = self.tok_emb(tokens + in_index).sum(1) + self.due_emb(due_index).sum(0)
-        return x if cond_vec is None else x + cond_vec
-
     def body(self, x, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """Step embeddings [b, s, d] at positions start.. -> normed hidden states [b, s, d]."""
         end = start + x.shape[1]
@@ -235,44 +240,69 @@ class TokenLM(nn.Module):
             x = block(x, cos, sin, cache, i, start)
         return self.norm(x)
 
-    def logits(self, h: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        """h [b, s, d], codebook of each cell [j, s] -> logits [b, j, s, v] (one head per codebook)."""
-        b, s, _ = h.shape
-        cols, which = torch.unique(codebook.T, dim=0, return_inverse=True)  # distinct columns
-        if len(cols) == 1:
-            return torch.einsum("bsd,jvd->bjsv", h, self.heads[cols[0]])
-        out = h.new_empty(b, codebook.shape[0], s, self.cfg.codebook_size)
-        for c, col in enumerate(cols):
-            at = (which == c).nonzero().squeeze(1)
-            out[:, :, at] = torch.einsum("bsd,jvd->bjsv", h[:, at], self.heads[col])
+    def head(self, codebooks: tuple[int, ...]) -> torch.Tensor:
+        """The heads [j, v, d] of these codebooks: a view of self.heads when evenly spaced."""
+        a, z = codebooks[0], codebooks[-1]
+        stride = codebooks[1] - a if len(codebooks) > 1 else 1
+        if stride > 0 and codebooks == tuple(range(a, z + 1, stride)):
+            return self.heads[a : z + 1 : stride]
+        return self.heads[list(codebooks)]
+
+    def logits(self, h: torch.Tensor, columns: list[tuple[int, ...]]) -> torch.Tensor:
+        """h [b, s, d], the codebooks of each step's cells (Pattern.columns) -> logits [b, j, s, v]:
+        slot j at step s uses the head of its cell's codebook."""
+        distinct = list(dict.fromkeys(columns))
+        if len(distinct) == 1:
+            return torch.einsum("bsd,jvd->bjsv", h, self.head(distinct[0]))
+        out = h.new_empty(h.shape[0], len(columns[0]), h.shape[1], self.cfg.codebook_size)
+        for col in distinct:
+            at = torch.tensor([i for i, c in enumerate(columns) if c == col], device=h.device)
+            out[:, :, at] = torch.einsum("bsd,jvd->bjsv", h[:, at], self.head(col))
         return out
+
+    def step(self, tokens: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
+             cond_vec: torch.Tensor | None = None) -> torch.Tensor:
+        """The model at steps start..start+s-1 of `pat` (on the model's device): the tokens
+        [b, j, s] read there -> logits [b, j, s, v] of those steps' cells. With a KV cache, the steps
+        before `start` come from the cache: `generate` calls this one step (s = 1) at a time,
+        `forward` on whole sequences. cond_vec: cond_vector() of the labels, [b, 1, d], or None.
+
+        A step's embedding: sum over slots of the token's row in its codebook's table, plus the
+        rows of the codebooks due in its slots, plus the class."""
+        at = slice(start, start + tokens.shape[-1])
+        x = (F.embedding(tokens + self.in_index(pat, at), self.tok_emb.weight).sum(1)     # [b, s, d]
+             + F.embedding(self.due_index(pat, at), self.due_emb.weight).sum(0))
+        if cond_vec is not None:
+            x = x + cond_vec
+        return self.logits(self.body(x, start, cache), pat.columns[at])
 
     def forward(self, inputs: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         """inputs [b, j, s] (shift_right of a pattern sequence) at steps start..start+s-1 of `pat`
-        -> logits [b, j, s, v] for those steps' cells."""
+        -> logits [b, j, s, v] for those steps' cells. cond: class labels [b] (see `step`)."""
         b, j, s = inputs.shape
         if j != self.n_slots:
             raise ValueError(f"inputs have {j} slots, pattern {self.cfg.pattern!r} has {self.n_slots}")
-        pat = pat.to(inputs.device)
-        at = slice(start, start + s)
-        x = self.embed(inputs, self.in_index(pat)[:, at], self.due_index(pat)[:, at],
-                       self.cond_vector(cond, b, inputs.device))
-        return self.logits(self.body(x, start, cache), pat.codebook[:, at])
+        if start + s > pat.n_steps:
+            raise ValueError(f"inputs reach step {start + s - 1}, pattern {pat.name!r} has {pat.n_steps} steps")
+        return self.step(inputs, pat.to(inputs.device), start, cache, self.cond_vector(cond, b, inputs.device))
 
 
 # ---------------------------------------------------------------------------------------------
 # Loss and evaluation
 
 
-def sequence_nll(model: TokenLM, codes: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """codes [b, k, t] -> (summed NLL in nats over every code, number of codes)."""
+def sequence_nll(net: nn.Module, codes: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """codes [b, k, t] -> (summed NLL in nats over every code, number of codes b k t).
+
+    The one loss of the LM: training calls it through `net` = the model's DistributedDataParallel
+    wrapper (or the model) and divides by the count, evaluation (nll_sum) with the model."""
+    model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
     pat = model.make_pattern(codes.shape[-1]).to(codes.device)
     seq = pat.build(codes, model.cfg.pad)                      # [b, j, s]
-    logits = model(model.shift_right(seq), pat, cond=cond)     # [b, j, s, v]
-    v = pat.valid.expand_as(seq)
-    nll = F.cross_entropy(logits[v], seq[v], reduction="sum")
-    return nll, int(v.sum())
+    logits = net(model.shift_right(seq), pat, cond=cond)       # [b, j, s, v]
+    v = pat.valid.expand_as(seq)                               # each code in exactly one cell
+    return F.cross_entropy(logits[v], seq[v], reduction="sum"), codes.numel()
 
 
 @torch.no_grad()
@@ -305,9 +335,21 @@ def evaluate_bits_per_frame(model: TokenLM, tokens: torch.Tensor, batch_size: in
 # Sampling
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse sampling settings that would silently sample garbage (a negative temperature samples
+    the least likely tokens) or fail obscurely deep in the loop."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0: greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an integer >= 1 or None")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] or None")
+
+
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [..., v] -> sampled ids [...]. temperature 0 is greedy (argmax)."""
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -334,6 +376,7 @@ def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: fl
     cfg = model.cfg
     if n_frames < 1 or batch_size < 1:
         raise ValueError(f"n_frames={n_frames} and batch_size={batch_size} must be >= 1")
+    check_sampling(temperature, top_k, top_p)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -354,25 +397,14 @@ def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: fl
     rows = 2 * batch_size if guided else batch_size
     gen = torch.Generator(device=device).manual_seed(seed)
 
-    # Everything that does not depend on sampled tokens, once: per-step embeddings and heads.
-    in_index = model.in_index(pat)                                          # [j, s]
-    static = model.due_emb(model.due_index(pat)).sum(0)[None]              # [1, s, d]
-    cond_vec = model.cond_vector(cond, rows, device)
-    if cond_vec is not None:
-        static = static + cond_vec                                          # [rows, s, d]
-    heads, step_head = {}, []
-    for col in pat.codebook.T.tolist():                                     # [j, v, d] per step
-        step_head.append(heads.setdefault(tuple(col), model.heads[col]))
+    cond_vec = model.cond_vector(cond, rows, device)                        # [rows, 1, d] or None
     pad = torch.full((batch_size, pat.n_slots), cfg.pad, device=device)
     valid = pat.valid.T                                                     # [s, j]
-
     cache = KVCache(cfg, rows, n_steps, device, model.heads.dtype)
     out = torch.empty(batch_size, pat.n_slots, n_steps, dtype=torch.long, device=device)
     tokens = torch.full((rows, pat.n_slots, 1), cfg.bos, dtype=torch.long, device=device)
     for s in range(n_steps):
-        x = model.tok_emb(tokens + in_index[:, s : s + 1]).sum(1) + static[:, s : s + 1]
-        h = model.body(x, s, cache)[:, 0]                                   # [rows, d]
-        logits = torch.einsum("bd,jvd->bjv", h, step_head[s])               # [rows, j, v]
+        logits = model.step(tokens, pat, s, cache, cond_vec)[:, :, 0]      # [rows, j, v]
         if guided:
             c, u = logits.chunk(2)
             logits = u + cfg_coef * (c - u)

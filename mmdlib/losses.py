@@ -4,6 +4,8 @@ Audio is `b c n` (c = 1 channel, n samples). Every loss returns a scalar average
 
 - `l1_wave`: L1 between waveforms.
 - `MultiScaleMelLoss`: L1 on mel magnitudes + L2 on log-mels, over several STFT window sizes.
+- `MultiResolutionSTFTLoss`: spectral convergence + L1 on log magnitudes of linear-frequency STFTs,
+  which see what a mel scale blurs (e.g. partials between harmonics at high frequencies).
 - `hinge_d_loss`, `hinge_g_loss`, `feature_matching_loss`: adversarial terms for a discriminator
   returning one logit map and one list of feature maps per sub-discriminator.
 - `LossBalancer`: combines the generator losses either as a plain weighted sum, or by rescaling
@@ -118,6 +120,38 @@ class MultiScaleMelLoss(nn.Module):
             l1 = (m_hat - m).abs().mean()
             log = (torch.log(m_hat + self.eps) - torch.log(m + self.eps)).pow(2).mean()
             total = total + self.l1_weight * l1 + self.log_weight * log
+        return total / len(self.n_ffts)
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Linear-frequency STFT magnitude loss over several resolutions.
+
+    For each window w in `n_ffts` (hop w // 4, Hann), with S = |STFT_w(x)|, Ŝ = |STFT_w(x_hat)|:
+
+        loss_w = ||Ŝ - S||_F / ||S||_F  +  mean |log(Ŝ + eps) - log(S + eps)|
+
+    (spectral convergence, level independent, and log-magnitude L1), averaged over the scales.
+    A mel scale merges the bins between high harmonics, so a decoder can fill them with buzz
+    at no mel cost; these bins keep their own term here.
+    """
+
+    def __init__(self, n_ffts: tuple[int, ...] = (256, 512, 1024, 2048), eps: float = 1e-5):
+        super().__init__()
+        if not n_ffts or any(w < 16 for w in n_ffts):
+            raise ValueError(f"MultiResolutionSTFTLoss: n_ffts must be ints >= 16, got {n_ffts}")
+        self.n_ffts, self.eps = tuple(int(w) for w in n_ffts), eps
+        for w in self.n_ffts:
+            self.register_buffer(f"window_{w}", torch.hann_window(w), persistent=False)
+
+    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        _check_pair(x_hat, x, "MultiResolutionSTFTLoss")
+        total = x.new_zeros(())
+        for w in self.n_ffts:
+            kw = dict(n_fft=w, hop_length=w // 4, window=getattr(self, f"window_{w}"), return_complex=True)
+            s_hat = torch.stft(x_hat.reshape(-1, x.shape[-1]), **kw).abs()
+            s = torch.stft(x.reshape(-1, x.shape[-1]), **kw).abs()
+            sc = torch.linalg.norm(s_hat - s) / torch.linalg.norm(s).clamp_min(self.eps)
+            total = total + sc + (torch.log(s_hat + self.eps) - torch.log(s + self.eps)).abs().mean()
         return total / len(self.n_ffts)
 
 

@@ -5,6 +5,7 @@ language model (delay pattern) and the MMD loss (delay alignment) use it.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -99,8 +100,29 @@ class Pattern:
         out[self.codebook[v], self.frame[v]] = s[v]
         return out
 
+    @functools.cached_property
+    def due(self) -> torch.Tensor:
+        """[j, s] long: the codebook predicted in each cell, n_q for an empty cell."""
+        return torch.where(self.valid, self.codebook, self.n_q)
+
+    @functools.cached_property
+    def prev_codebook(self) -> torch.Tensor:
+        """[j, s] long: the codebook of the cell each step reads as input, that of the step before
+        (an LM reads step s-1 to predict step s; step 0 reads BOS, with its own codebooks)."""
+        return torch.cat([self.codebook[:, :1], self.codebook[:, :-1]], dim=1)
+
+    @functools.cached_property
+    def columns(self) -> list[tuple[int, ...]]:
+        """The codebooks of each step's cells, (codebook[0, s], ..., codebook[j-1, s]) for each s:
+        Python ints read once, so that stepping through the pattern never waits on a device."""
+        return [tuple(col) for col in self.codebook.T.tolist()]
+
     def to(self, device) -> "Pattern":
-        return Pattern(self.name, self.n_q, self.n_frames, self.codebook.to(device), self.frame.to(device))
+        if self.codebook.device == torch.device(device):
+            return self
+        moved = Pattern(self.name, self.n_q, self.n_frames, self.codebook.to(device), self.frame.to(device))
+        moved.__dict__["columns"] = self.columns  # read here, on the device the pattern was made on
+        return moved
 
     def _flat_index(self) -> torch.Tensor:
         """[j, s] index of each cell's code in codes.flatten(1) (0 for empty cells)."""

@@ -10,7 +10,7 @@ papermill, nbval and a reader in JupyterLab run the same code. A run directory l
       codec_lambda100/                   (one folder per MMD weight λ; `_none` suffix if not delay-aligned)
       tokens/codec_lambda0/{train,valid}.pt    02/03: cached codes `n k t` of the data sets
       dependence/codec_lambda0.json  02: MI/NMI matrices, MMD, permutation-test p-value
-      lm/codec_lambda0/delay/        03: ckpt.pt (train_lm), metrics.json (history, bits/frame)
+      lm/codec_lambda0/delay/        03: checkpoint.pt (train_lm), metrics.json (history, bits/frame)
       generate/codec_lambda0/delay/  04: codes.pt, sample*.wav, metrics.json (timing, dependence)
       notebooks/                     executed copies written by scripts/run_pipeline.py
     figures/                         PNG/SVG figures, results.md and results.json (05)
@@ -126,6 +126,16 @@ def resolve(path: str | Path) -> Path:
     """A path as given if absolute, else relative to the repository root (not the notebook's cwd)."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else ROOT / p
+
+
+def shown(path: str | Path) -> str:
+    """A path for printing: relative to the repository root when inside it (outputs that are
+    committed or shared carry no machine's absolute paths)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +278,7 @@ def required_artifacts(notebook: str, cfg: PipelineConfig) -> list[tuple[Path, s
     if idx >= 2:  # 02, 03, 04, 05 read the trained codecs
         need += [(codec_dir(cfg, lam) / "codec.pt", f"run {_HOW['codec']} (lambdas={lam:g})") for lam in cfg.lambdas]
     if notebook == "04_generate":
-        need += [(lm_dir(cfg, lam, p) / "ckpt.pt", f"run {_HOW['lm']} (lambdas={lam:g}, patterns={p})")
+        need += [(lm_dir(cfg, lam, p) / "checkpoint.pt", f"run {_HOW['lm']} (lambdas={lam:g}, patterns={p})")
                  for lam in cfg.lambdas for p in cfg.patterns]
     return need
 
@@ -467,7 +477,9 @@ def lm_configs(cfg: PipelineConfig, pattern: str, n_q: int, codebook_size: int):
 
 def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     """Train (or resume, or reload if finished) the LM of (codec `lam`, `pattern`); writes
-    lm_dir/metrics.json with the configs, history, held-out bits per frame and training time."""
+    lm_dir/metrics.json with the configs, history (train_lm's rows), held-out bits per frame and
+    training time."""
+    from .checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, history_rows, load_checkpoint
     from .train_lm import train_lm
 
     train, valid = tokens(cfg, lam, "train"), tokens(cfg, lam, "valid")
@@ -480,24 +492,25 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     configs = {"lm_config": lm_cfg.to_dict(), "train_config": tcfg.to_dict(),
                "tokens": _token_meta(cfg, lam, "train", cfg.n_token_train)}
     configs = json.loads(json.dumps(configs))
-    metrics_path = out / "metrics.json"
-    if metrics_path.is_file() and (out / "ckpt.pt").is_file():
+    metrics_path, ckpt = out / "metrics.json", out / CHECKPOINT
+    if metrics_path.is_file() and ckpt.is_file():
         saved = json.loads(metrics_path.read_text())
         if {k: saved.get(k) for k in configs} == configs:
-            return saved | {"resumed": True}
+            return saved | {"history": history_rows(saved["history"]), "resumed": True}
         raise PipelineError(f"{out} holds an LM trained with another configuration (or on other tokens); "
                             "delete that folder or choose another run_dir")
-    if (out / "ckpt.pt").is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume
-        state = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)
-        ignore = ("progress", "device", "eval_batch_size")
-        same = lambda a, b: {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
-        saved = json.loads(json.dumps({k: state[k] for k in ("lm_config", "train_config")}))
-        if saved["lm_config"] != configs["lm_config"] or not same(saved["train_config"], configs["train_config"]):
-            raise PipelineError(f"{out / 'ckpt.pt'} was written with another LM or training configuration; "
-                                "delete that folder or choose another run_dir")
+    if ckpt.is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume the same run only
+        state = load_checkpoint(ckpt, "lm")  # a corrupt file: CheckpointError with what to do
+        try:
+            check_same_config(state["config"], {"model": lm_cfg.to_dict(), "train": tcfg.to_dict()},
+                              tuple(f"train.{k}" for k in RUN_NEUTRAL),
+                              f"{ckpt} was written with another LM or training configuration")
+        except CheckpointError as e:
+            raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
     t0 = time.time()
     model, history = train_lm(train, valid, lm_cfg, tcfg, out)
-    result = configs | {"history": history, "valid_bits_per_frame": history["valid_bits_per_frame"][-1],
+    final = [row["valid_bits_per_frame"] for row in history if "valid_bits_per_frame" in row][-1]
+    result = configs | {"history": history, "valid_bits_per_frame": final,
                         "train_seconds": time.time() - t0, "n_params": model.num_params(),
                         "codec": codec_name(lam, cfg.align), "pattern": pattern, "lambda": lam}
     write_json(metrics_path, result)
@@ -513,11 +526,10 @@ def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | N
     """Sample cfg.n_gen clips of cfg.gen_seconds from the LM of (codec `lam`, `pattern`), decode them,
     write gen_dir/{codes.pt, sample*.wav, metrics.json}; returns the metrics (timing included)."""
     from .dependence import dependence_summary
-    from .lm import generate
-    from .train_lm import load_lm
+    from .lm import TokenLM, generate
 
     codec = codec or load_codec(cfg, lam)
-    model = load_lm(lm_dir(cfg, lam, pattern) / "ckpt.pt", device=cfg.device)
+    model = TokenLM.load(lm_dir(cfg, lam, pattern) / "checkpoint.pt", map_location=cfg.device)
     n_frames = max(1, round(cfg.gen_seconds * codec.frame_rate))
     generate(model, min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels
     if cfg.device.startswith("cuda"):
@@ -641,7 +653,7 @@ def collect_results(cfg: PipelineConfig) -> dict:
         dep = json.loads(dep_file.read_text()) if dep_file.is_file() else None
         codecs.append({
             "codec": name, "lambda": lam, "align": cfg.align, "steps": final["step"],
-            "sisnr_db": final["sisnr_db"], "mel_distance": final["mel_distance"],
+            "visqol": final.get("visqol"), "sisnr_db": final["sisnr_db"], "mel_distance": final["mel_distance"],
             "usage_ratio_min": final["usage_perplexity_ratio_min"],
             "code_entropy_bits": dep["summary"]["entropy_mean"] if dep else None,
             "nmi_lag0": dep["summary"]["nmi_lag0"] if dep else final["nmi_lag0"],
@@ -679,11 +691,14 @@ def results_markdown(results: dict) -> str:
     lines = [f"Run `{c['run_dir']}`: codec preset `{c['codec_preset']}`, LM preset `{c['lm_preset']}`, "
              f"device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
              "notebooks/05_report.ipynb.", "",
-             "| codec | λ | SI-SNR (dB) ↑ | mel dist. ↓ | code entropy (bits) | NMI lag 0 ↓ | NMI delay ↓ "
+             "Codec scores on the validation clips of its last evaluation (ViSQOL: MOS-LQO, 1 to 4.73, "
+             "on the first of them; mel distance and SI-SNR on all).", "",
+             "| codec | λ | ViSQOL ↑ | mel dist. ↓ | SI-SNR (dB) ↑ | code entropy (bits) | NMI lag 0 ↓ | NMI delay ↓ "
              "| MMD² delay ↓ | p-value (indep.) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["codecs"]:
-        lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r['sisnr_db'], '.2f')} | {_cell(r['mel_distance'], '.3f')} "
+        lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r.get('visqol'), '.2f')} | {_cell(r['mel_distance'], '.3f')} "
+                     f"| {_cell(r['sisnr_db'], '.1f')} "
                      f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
                      f"| {_cell(r['p_value_delay'], '.3f')} |")
     lines += ["", "| codec | pattern | held-out bits/frame ↓ | − flatten | generation steps | generation s / audio s ↓ "
@@ -708,7 +723,7 @@ def audio_html(wav: torch.Tensor, sample_rate: int) -> str:
     import base64
 
     data = base64.b64encode(audio_bytes(wav, sample_rate)).decode()
-    return f'<audio controls preload="none" src="data:audio/ogg;base64,{data}"></audio>'
+    return f'<audio controls preload="none" style="width: 210px" src="data:audio/ogg;base64,{data}"></audio>'
 
 
 def players_table(rows: dict[str, dict[str, torch.Tensor]], sample_rate: int):

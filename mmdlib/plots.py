@@ -38,7 +38,7 @@ def spectrograms(wavs: list, sample_rate: int, titles: list[str] | None = None, 
     """A grid of log spectrograms (frequency in kHz, time in s)."""
     n = len(wavs)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.0 * nrows), squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
@@ -49,7 +49,7 @@ def spectrograms(wavs: list, sample_rate: int, titles: list[str] | None = None, 
                        extent=(0, dur, 0, sample_rate / 2000))
         ax.set(xlabel="time (s)", ylabel="kHz", title=titles[i] if titles else None)
         ax.grid(False)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="dB")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="dB")  # constrained layout: no title/label collisions
     return fig
 
 
@@ -155,28 +155,31 @@ def scatter_pairs(sets: dict[str, np.ndarray], s: float = 4.0, ncols: int | None
     return fig
 
 
-def tradeoff(rows: list[dict], x: str = "nmi_delay", y: str = "sisnr_db", label: str = "codec"):
+def tradeoff(rows: list[dict], x: str = "nmi_delay", y: str = "mel_distance", label: str = "codec"):
     """One point per codec: dependence (x) against reconstruction quality (y)."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
         ax.scatter(r[x], r[y], s=40)
         ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    names = {"nmi_delay": "NMI between codebooks, delay-aligned (↓ more independent)", "sisnr_db": "SI-SNR (dB) ↑",
-             "mmd": "MMD² ↓", "mel_distance": "mel distance ↓"}
+    names = {"nmi_delay": "NMI between codebooks, delay-aligned\n(← more independent)", "sisnr_db": "SI-SNR (dB) ↑",
+             "mmd": "MMD² ↓", "mel_distance": "mel distance ↓", "visqol": "ViSQOL (MOS-LQO) ↑"}
     ax.set(xlabel=names.get(x, x), ylabel=names.get(y, y), title="λ trade-off: dependence vs reconstruction")
+    ax.margins(0.25)  # room for the labels next to the points
     fig.tight_layout()
     return fig
 
 
-def lm_curves(histories: dict[str, dict], key: str = "valid_bits_per_frame"):
-    """Training loss (left) and held-out bits per frame (right) per LM."""
+def lm_curves(histories: dict[str, list[dict]], key: str = "valid_bits_per_frame"):
+    """Training loss (left) and held-out bits per frame (right) per LM, from train_lm's history
+    rows ({"step", "loss", "lr"} per step, `key` at the evaluation steps)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, h in histories.items():
-        loss = np.asarray(h["loss"])
+        loss = np.asarray([r["loss"] for r in h])
         w = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        a.plot(np.asarray(h["step"])[w - 1:], smooth, label=name)
-        b.plot(h["valid_step"], h[key], marker="o", ms=3, label=name)
+        a.plot(np.asarray([r["step"] for r in h])[w - 1:], smooth, label=name)
+        evals = [r for r in h if key in r]
+        b.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", ms=3, label=name)
     a.set(xlabel="step", ylabel="nats / code", title="training loss (moving average)")
     b.set(xlabel="step", ylabel="bits / frame", title="held-out bits per frame ↓")
     b.legend(fontsize=7)

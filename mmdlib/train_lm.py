@@ -1,10 +1,12 @@
 """Train the token LM on codec tokens `[n_items, k, t]`: random crops, AdamW, warm-up + cosine.
 
-Single process, or DDP under torchrun (same code path, see `distributed.py`). Checkpoints hold
-everything needed to resume exactly: model, optimiser, scheduler, step, history and every
-rank's RNG states. The batch of step i is a pure function of (seed, i, rank): the items come
-from a DistributedSampler epoch permutation, the crop offsets from a generator seeded with
-(seed, i, rank), so resuming needs no data-loader state.
+Single process, or DDP under torchrun (same code path, see `distributed.py`). run_dir/checkpoint.pt
+(the layout of `checkpoint.py`, shared with train_codec) holds everything needed to resume exactly:
+model, optimiser, scheduler, step, history and every rank's RNG states; a resume into another
+configuration is refused, naming the settings that differ. The batch of step i is a pure function
+of (seed, i, rank): the items come from a DistributedSampler epoch permutation, the crop offsets
+from a generator seeded with checkpoint.batch_seed(seed, i, rank), so resuming needs no
+data-loader state.
 
     torchrun --nproc_per_node 2 -m mmdlib.train_lm --train train.pt --valid valid.pt --run-dir runs/lm
 """
@@ -22,8 +24,9 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import distributed as ddp
-from .checkpoint import all_rng_states, atomic_save, restore_rng_states
-from .lm import LMConfig, TokenLM, lm_config, nll_sum
+from .checkpoint import (CHECKPOINT, all_rng_states, batch_seed, check_resume, load_checkpoint, locks_run_dir,
+                         restore_rng_states, save_checkpoint)
+from .lm import LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
 
 
 @dataclass
@@ -43,6 +46,15 @@ class LMTrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True        # tqdm bar (rank 0)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_frames", "eval_every", "eval_batch_size", "ckpt_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
+        if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
+                             f"got {self.warmup}, {self.lr}, {self.min_lr_ratio}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,7 +99,7 @@ def get_batch(tokens: torch.Tensor, labels: torch.Tensor | None, step: int, cfg:
             sampler.set_epoch(p // per_epoch)
             epochs[p // per_epoch] = list(sampler)
     items = torch.tensor([epochs[p // per_epoch][p % per_epoch] for p in pos])
-    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009 + rank)
+    gen = torch.Generator().manual_seed(batch_seed(cfg.seed, step, rank))
     offsets = torch.randint(0, t - cfg.seq_frames + 1, (cfg.batch_size,), generator=gen)
     idx = offsets[:, None] + torch.arange(cfg.seq_frames)                 # [b, seq_frames]
     crops = tokens[items[:, None], :, idx]                                # [b, seq_frames, k]
@@ -97,40 +109,42 @@ def get_batch(tokens: torch.Tensor, labels: torch.Tensor | None, step: int, cfg:
 def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int):
     if x.ndim != 3 or x.shape[1] != lm_cfg.n_q or x.dtype != torch.long:
         raise ValueError(f"{name}: expected a long tensor [n, {lm_cfg.n_q}, t], got {x.dtype} {list(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no items (the tensor is [0, {lm_cfg.n_q}, t]); tokenise some clips first")
     if x.shape[2] < min_frames:
         raise ValueError(f"{name}: {x.shape[2]} frames < seq_frames={min_frames}")
     if len(x) and (x.min() < 0 or x.max() >= lm_cfg.codebook_size):
         raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
 
 
-def save_checkpoint(path: Path, model, opt, sched, step: int, history: dict, lm_cfg: LMConfig,
-                    train_cfg: LMTrainConfig):
+def _save(path: Path, model, opt, sched, step: int, history: list[dict], config: dict):
     """Collective under DDP (gathers every rank's RNG states); rank 0 writes."""
     rng = all_rng_states()
     if ddp.is_main():
-        state = {"model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
-                 "lm_config": lm_cfg.to_dict(), "train_config": train_cfg.to_dict()}
-        atomic_save(state, path)
+        save_checkpoint(path, {"kind": "lm", "model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
+                               "config": config})
 
 
 def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
-    """The model of a train_lm checkpoint."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = TokenLM(LMConfig.from_dict(state["lm_config"])).to(device)
-    model.load_state_dict(state["model"])
-    return model
+    """The model of a train_lm checkpoint: `TokenLM.load(path, device)`."""
+    return TokenLM.load(path, device)
 
 
+@locks_run_dir
 def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMConfig,
              train_cfg: LMTrainConfig, run_dir: str | Path, *, labels_train: torch.Tensor | None = None,
              labels_valid: torch.Tensor | None = None, stop_after: int | None = None
-             ) -> tuple[TokenLM, dict]:
-    """Train (or resume from run_dir/ckpt.pt) and return (model, history).
+             ) -> tuple[TokenLM, list[dict]]:
+    """Train (or resume from run_dir/checkpoint.pt) and return (model, history).
 
     tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
     stop_after: stop once this many steps are done (to simulate an interruption).
-    history: lists "step", "loss", "lr" (every step) and "valid_step", "valid_bits_per_frame"."""
+    history: one row per step, {"step", "loss" (mean nats per code), "lr"}, plus
+    "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step).
+    The run holds run_dir/train.lock; resuming checks the configuration (checkpoint.check_resume:
+    only device, progress, eval_batch_size, ckpt_every and a `steps` not below the checkpoint's
+    step may change)."""
     _check_tokens("tokens_train", tokens_train, lm_cfg, train_cfg.seq_frames)
     _check_tokens("tokens_valid", tokens_valid, lm_cfg, 1)
     if (labels_train is not None or labels_valid is not None) and not lm_cfg.n_classes:
@@ -138,7 +152,8 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     device = ddp.setup(train_cfg.device)
     rank, world = ddp.rank(), ddp.world_size()
     run_dir = Path(run_dir)
-    ckpt = run_dir / "ckpt.pt"
+    ckpt = run_dir / CHECKPOINT
+    config = {"model": lm_cfg.to_dict(), "train": train_cfg.to_dict()}
     if ddp.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -146,16 +161,19 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     model = TokenLM(lm_cfg).to(device)
     opt = make_optimizer(model, train_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, train_cfg))
-    step, history = 0, {"step": [], "loss": [], "lr": [], "valid_step": [], "valid_bits_per_frame": []}
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    step, history = 0, []
+    found = next((p for p in (ckpt, run_dir / "ckpt.pt") if p.is_file()), None)  # ckpt.pt: its former name
+    if found is not None:
+        state = load_checkpoint(found, "lm")
+        check_resume(state, config, train_cfg.steps, found)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = state["step"], state["history"]
         restore_rng_states(state["rng"])
+        if found != ckpt:  # carried over to the new name and layout
+            _save(ckpt, model, opt, sched, step, history, config)
     net = ddp.wrap_ddp(model, device)
-    pat = model.make_pattern(train_cfg.seq_frames).to(device)
     valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
 
     def evaluate() -> float:
@@ -171,12 +189,8 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     model.train()
     while step < end:
         codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
-        codes = codes.to(device)
-        labels = None if labels is None else labels.to(device)
-        seq = pat.build(codes, lm_cfg.pad)
-        logits = net(model.shift_right(seq), pat, cond=labels)
-        v = pat.valid.expand_as(seq)
-        loss = torch.nn.functional.cross_entropy(logits[v], seq[v])
+        nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
+        loss = nll / n_codes
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if train_cfg.grad_clip:
@@ -186,19 +200,16 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         sched.step()
         step += 1
         loss_value = float(ddp.all_reduce_mean(loss.detach()))
-        history["step"].append(step)
-        history["loss"].append(loss_value)
-        history["lr"].append(lr)
+        row = {"step": step, "loss": loss_value, "lr": lr}
+        history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}")
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
-            bpf = evaluate()
-            history["valid_step"].append(step)
-            history["valid_bits_per_frame"].append(bpf)
+            row["valid_bits_per_frame"] = bpf = evaluate()
             if train_cfg.progress and ddp.is_main():
                 bar.write(f"step {step}: valid {bpf:.3f} bits/frame")
         if step % train_cfg.ckpt_every == 0 or step == end:
-            save_checkpoint(ckpt, net, opt, sched, step, history, lm_cfg, train_cfg)
+            _save(ckpt, net, opt, sched, step, history, config)
     bar.close()
     return model, history
 
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--valid", required=True, help="torch.save'd long tensor [n, k, t]")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--lm", default="tiny", help="LM preset")
-    p.add_argument("--train-preset", default="tiny")
+    p.add_argument("--train-preset", default="tiny", choices=sorted(LM_TRAIN_PRESETS))
     p.add_argument("--pattern", default=None)
     p.add_argument("--codebook-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -217,7 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     tr, va = torch.load(a.train), torch.load(a.valid)
     over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
-    over |= {"codebook_size": a.codebook_size} if a.codebook_size else {}
+    if a.codebook_size is not None and a.codebook_size < 1:
+        p.error(f"--codebook-size must be >= 1, got {a.codebook_size}")
+    over |= {"codebook_size": a.codebook_size} if a.codebook_size is not None else {}
     lm_cfg = lm_config(a.lm, **over)
     train_cfg = dataclasses.replace(LM_TRAIN_PRESETS[a.train_preset],
                                     **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None})

@@ -89,7 +89,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
         assert math.isfinite(c["sisnr_db"]) and c["fad_logmel_recon"] >= 0 and 0 <= c["nmi_delay"] <= 1
     flat = [r for r in out["lms"] if r["pattern"] == "flatten"]
     assert all(r["gap_vs_flatten"] == 0 for r in flat) and all(r["gen_steps"] == 4 * 25 for r in flat)
-    lm = (tmp_path / "runs" / "synthetic" / "seed0" / "lm" / "codec_lambda10" / "delay" / "ckpt.pt")
+    lm = (tmp_path / "runs" / "synthetic" / "seed0" / "lm" / "codec_lambda10" / "delay" / "checkpoint.pt")
     mtime = lm.stat().st_mtime_ns
     again = ex.run_seed(sweep, "synthetic", 0)
     assert lm.stat().st_mtime_ns == mtime  # nothing retrained

@@ -1,10 +1,13 @@
+import dataclasses
 import math
+import os
 
 import pytest
 import torch
 
-from mmdlib.lm import (KVCache, LMConfig, TokenLM, evaluate_bits_per_frame, generate, lm_config,
-                       sample_logits)
+from mmdlib.checkpoint import CheckpointError, RunDirLocked, run_lock, use_previous
+from mmdlib.lm import (KVCache, LMConfig, TokenLM, evaluate_bits_per_frame, generate, lm_config, nll_sum,
+                       sample_logits, sequence_nll)
 from mmdlib.patterns import PATTERNS
 from mmdlib.train_lm import LMTrainConfig, get_batch, lr_factor, train_lm
 
@@ -160,10 +163,12 @@ def test_overfits_tiny_token_set(name, tmp_path):
     cfg = LMTrainConfig(steps=120, batch_size=4, lr=3e-3, warmup=10, seq_frames=24, eval_every=1000,
                         ckpt_every=1000, progress=False)
     model, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path)
-    assert hist["loss"][0] == pytest.approx(math.log(16), abs=0.2)
-    assert max(hist["loss"][-5:]) < 0.3
+    assert hist[0]["loss"] == pytest.approx(math.log(16), abs=0.2)
+    assert max(r["loss"] for r in hist[-5:]) < 0.3
     assert evaluate_bits_per_frame(model, tr) < 0.2 * 2 * math.log2(16)  # memorised the items
-    assert (tmp_path / "ckpt.pt").exists() and hist["valid_step"] == [120]
+    assert (tmp_path / "checkpoint.pt").exists()
+    assert [r["step"] for r in hist] == list(range(1, 121))
+    assert [r["step"] for r in hist if "valid_bits_per_frame" in r] == [120]
 
 
 def test_resume_is_exact(tmp_path):
@@ -172,7 +177,7 @@ def test_resume_is_exact(tmp_path):
                         ckpt_every=3, progress=False)
     _, full = train_lm(tr, va, lm_cfg, cfg, tmp_path / "a")
     _, first = train_lm(tr, va, lm_cfg, cfg, tmp_path / "b", stop_after=5)  # checkpoints at 3, 5
-    assert first["step"] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in first] == [1, 2, 3, 4, 5]
     _, resumed = train_lm(tr, va, lm_cfg, cfg, tmp_path / "b")
     assert resumed == full  # losses, learning rates and valid bits/frame, bit for bit
 
@@ -189,6 +194,19 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
         generate(small_lm("flatten"), n_frames=100)
     assert lm_config("tiny", pattern="flatten").pattern == "flatten"
+    ok = LMTrainConfig(steps=1, batch_size=2, seq_frames=8, progress=False)
+    with pytest.raises(ValueError, match="tokens_train: no items"):
+        train_lm(tr[:0], va, lm_cfg, ok, tmp_path)
+    with pytest.raises(ValueError, match="tokens_valid: no items"):
+        train_lm(tr, va[:0], lm_cfg, ok, tmp_path)
+    for bad in ({"steps": 0}, {"steps": -3}, {"batch_size": 0}, {"steps": 1.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
+            LMTrainConfig(**bad)
+    model = small_lm("delay")
+    for kw, match in (({"temperature": -1.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+                      ({"top_k": 0}, "top_k"), ({"top_p": -0.1}, "top_p"), ({"top_p": 1.5}, "top_p")):
+        with pytest.raises(ValueError, match=match):
+            generate(model, n_frames=4, **kw)
 
 
 def test_conditional_training_runs(tmp_path):
@@ -197,7 +215,7 @@ def test_conditional_training_runs(tmp_path):
     cfg = LMTrainConfig(steps=3, batch_size=2, seq_frames=12, eval_every=3, progress=False)
     model, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path, labels_train=torch.tensor([0, 1, 2, 0]),
                            labels_valid=torch.tensor([1, 2]))
-    assert len(hist["loss"]) == 3 and math.isfinite(hist["valid_bits_per_frame"][0])
+    assert len(hist) == 3 and math.isfinite(hist[-1]["valid_bits_per_frame"])
     assert generate(model, 4, batch_size=2, cond=torch.tensor([0, 2]), cfg_coef=2.0).shape == (2, 2, 4)
 
 
@@ -219,6 +237,85 @@ def test_factorised_patterns_pay_for_within_frame_dependence(tmp_path):
     for name in ("parallel", "delay", "flatten"):
         cfg = lm_config("small", pattern=name, n_q=2, codebook_size=16, dim=64, n_layers=2)
         _, hist = train_lm(train, valid, cfg, tcfg, tmp_path / name)
-        bits[name] = hist["valid_bits_per_frame"][-1]
+        bits[name] = hist[-1]["valid_bits_per_frame"]
     assert bits["parallel"] == pytest.approx(8.0, abs=0.3)
     assert bits["delay"] == pytest.approx(4.0, abs=0.3) and bits["flatten"] == pytest.approx(4.0, abs=0.3)
+
+
+def test_resume_refuses_another_pattern_and_names_the_key(tmp_path):
+    tr, va, lm_cfg = tiny_setup("delay")
+    cfg = LMTrainConfig(steps=2, batch_size=2, seq_frames=12, eval_every=2, progress=False)
+    train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    flatten = dataclasses.replace(lm_cfg, pattern="flatten")
+    with pytest.raises(ValueError, match=r"another configuration: model\.pattern: 'delay' in the checkpoint, "
+                                         r"'flatten' now\. Use a new run_dir"):
+        train_lm(tr, va, flatten, cfg, tmp_path)
+    with pytest.raises(ValueError, match=r"model\.dim: 64 in the checkpoint, 32 now; train\.lr: 0\.001 in"):
+        train_lm(tr, va, dataclasses.replace(lm_cfg, dim=32), dataclasses.replace(cfg, lr=3e-3), tmp_path)
+    # settings that do not change the run may change, and steps may grow ...
+    grown = dataclasses.replace(cfg, steps=3, eval_batch_size=1, ckpt_every=7, device="cpu:0")  # (a CPU-only test)
+    _, hist = train_lm(tr, va, lm_cfg, grown, tmp_path)
+    assert [r["step"] for r in hist] == [1, 2, 3]
+    # ... but not fall below the checkpoint's step
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is at step 3, past steps=2: resume with steps >= 3"):
+        train_lm(tr, va, lm_cfg, cfg, tmp_path)
+
+
+def test_corrupt_checkpoint_names_the_file_and_resumes_from_the_previous(tmp_path):
+    tr, va, lm_cfg = tiny_setup()
+    cfg = LMTrainConfig(steps=2, batch_size=2, seq_frames=12, eval_every=2, ckpt_every=1, progress=False)
+    _, full = train_lm(tr, va, lm_cfg, cfg, tmp_path / "full")
+    _, first = train_lm(tr, va, lm_cfg, cfg, tmp_path)  # checkpoints after steps 1 and 2
+    ckpt = tmp_path / "checkpoint.pt"
+    assert torch.load(tmp_path / "checkpoint.pt.prev", weights_only=False)["step"] == 1
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    with pytest.raises(CheckpointError) as err:
+        train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    msg = str(err.value)
+    assert f"{ckpt} cannot be read: it is truncated or corrupt" in msg and f"{ckpt}.prev" in msg
+    assert "use_previous" in msg and "Delete it" in msg
+    use_previous(ckpt)  # back to step 1: step 2 is trained again, exactly as before
+    _, again = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    assert again == first == full
+
+
+def test_one_training_per_run_dir(tmp_path):
+    tr, va, lm_cfg = tiny_setup()
+    cfg = LMTrainConfig(steps=1, batch_size=2, seq_frames=12, eval_every=1, progress=False)
+    with run_lock(tmp_path):  # another training holds the directory
+        with pytest.raises(RunDirLocked, match=f"in use by another training \\(pid {os.getpid()} on "):
+            train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    (tmp_path / "train.lock").write_text("pid 4194304 on elsewhere\n")  # left by a process that is gone
+    _, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    assert len(hist) == 1
+
+
+def test_load_round_trip(tmp_path):
+    tr, va, lm_cfg = tiny_setup("flatten")
+    cfg = LMTrainConfig(steps=2, batch_size=2, seq_frames=12, eval_every=2, progress=False)
+    model, _ = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    loaded = TokenLM.load(tmp_path / "checkpoint.pt")
+    assert loaded.cfg == lm_cfg and not loaded.training
+    assert model.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    assert torch.equal(generate(model, 5, seed=1), generate(loaded, 5, seed=1))
+    torch.save({"config": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a training checkpoint"):
+        TokenLM.load(tmp_path / "other.pt")
+
+
+def test_training_and_evaluation_share_one_loss(tmp_path):
+    """The loss train_lm logs at step 1 is the NLL nll_sum gives the initial model on that batch."""
+    tr, va, lm_cfg = tiny_setup("delay")  # no dropout: training and evaluation forwards agree
+    cfg = LMTrainConfig(steps=1, batch_size=3, seq_frames=12, eval_every=1, progress=False)
+    _, hist = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    torch.manual_seed(cfg.seed)
+    initial = TokenLM(lm_cfg)  # the model train_lm starts from
+    batch, _ = get_batch(tr, None, 0, cfg, rank=0, world=1)
+    nats, frames = nll_sum(initial, batch)
+    assert hist[0]["loss"] == pytest.approx(nats / (frames * lm_cfg.n_q), rel=1e-6)
+    with torch.no_grad():
+        nll, n_codes = sequence_nll(initial.train(), batch)  # as in training
+    assert n_codes == batch.numel() and float(nll) == nats

@@ -6,9 +6,15 @@ from mmdlib.codec import Codec, CodecConfig
 from mmdlib.mmd import MMDConfig
 from mmdlib.quantize import QuantizerConfig
 from mmdlib.seanet import SEANetConfig
+from mmdlib.spectral import SpectralConfig
 from mmdlib.train_codec import learning_rate, train_codec, train_preset
 
+# the tiny preset's architecture (spectral), small
 SMALL = CodecConfig(
+    sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=8, hidden=32),
+    quantizer=QuantizerConfig(dim=8, n_q=3, codebook_size=16),
+)
+SMALL_SEANET = CodecConfig(
     sample_rate=16000,
     seanet=SEANetConfig(dim=8, n_filters=4, ratios=(8, 5, 4, 2), n_residual_layers=1),
     quantizer=QuantizerConfig(dim=8, n_q=3, codebook_size=16),
@@ -49,14 +55,18 @@ def test_same_seed_same_numbers(tmp_path):
 
 def test_resume_refuses_other_config(tmp_path):
     train_codec(config(steps=2), tmp_path, codec_cfg=SMALL, progress=False)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration: train\.lr: 0\.001 in the checkpoint, 0\.0005 now"):
         train_codec(config(steps=2, lr=5e-4), tmp_path, codec_cfg=SMALL, progress=False)
     # raising the step count extends the run instead
     out = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
     assert [h["step"] for h in out["history"]] == [2, 3]
-    # a finished run started again trains nothing and returns its saved results
-    again = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt.prev", weights_only=False)["step"] == 2
+    # a finished run started again trains nothing and returns its saved results, wherever its data cache is
+    again = train_codec(config(steps=3, cache_dir=str(tmp_path / "cache")), tmp_path, codec_cfg=SMALL, progress=False)
     assert again["history"] == out["history"] and again["last_losses"] == {}
+    # but it cannot be cut back below its last step
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is at step 3, past steps=2"):
+        train_codec(config(steps=2), tmp_path, codec_cfg=SMALL, progress=False)
 
 
 def test_bad_parameters():
@@ -97,3 +107,12 @@ def test_fork_from_shared_prefix_equals_run_from_scratch(tmp_path):
     train_codec(base, tmp_path / "base", codec_cfg=SMALL, stop_at=5, progress=False)
     with pytest.raises(ValueError, match="after mmd_start"):
         fork_checkpoint(tmp_path / "base" / "checkpoint.pt", cfg, tmp_path / "y")
+
+
+def test_seanet_codec_trains_with_its_preset_and_refuses_the_spectral_loss(tmp_path):
+    cfg = train_preset("tiny_seanet", steps=2, batch_size=2, segment_seconds=0.2, n_train_items=4, n_valid_items=2,
+                       eval_every=2, ckpt_every=2)
+    out = train_codec(cfg, tmp_path / "a", codec_cfg=SMALL_SEANET, progress=False)
+    assert out["final"]["step"] == 2 and torch.isfinite(torch.tensor(out["final"]["mel_distance"]))
+    with pytest.raises(ValueError, match="w_spec=1.0 needs a spectral codec"):
+        train_codec(config(steps=2), tmp_path / "b", codec_cfg=SMALL_SEANET, progress=False)

@@ -1,6 +1,6 @@
 """Generation speed per codebook pattern (KV cache, batch 1), and KV-cache scaling.
 
-    python -m mmdlib.bench generate [--frames 250] [--repeats 3] [--checkpoint runs/lm/ckpt.pt]
+    python -m mmdlib.bench generate [--frames 250] [--repeats 3] [--checkpoint runs/lm/checkpoint.pt]
 
 Times `lm.generate` for each pattern with the same transformer (the `tiny` preset, random init
 unless a checkpoint is given: its weights are used for its own pattern, its config for all).
@@ -19,7 +19,6 @@ import torch
 
 from ..lm import TokenLM, generate, lm_config
 from ..patterns import PATTERNS
-from ..train_lm import load_lm
 
 
 def time_generation(model: TokenLM, n_frames: int, repeats: int) -> float:
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    trained = load_lm(a.checkpoint, a.device) if a.checkpoint else None
+    trained = TokenLM.load(a.checkpoint, a.device) if a.checkpoint else None
     base = trained.cfg if trained else lm_config(a.preset, n_q=a.n_q)
     base = dataclasses.replace(base, max_steps=max(base.max_steps, base.n_q * a.frames * a.scale + base.n_q))
 
