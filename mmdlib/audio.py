@@ -47,19 +47,23 @@ def decode_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 
 def check_audio(wav: np.ndarray | torch.Tensor, path: str | Path, min_samples: int = 1) -> None:
-    """Raise AudioError if `wav` (any shape, last axis = time) is empty, non-finite,
-    silent (peak < SILENCE_PEAK) or shorter than `min_samples`."""
+    """Raise AudioError if `wav` (any shape, last axis = time) is empty, non-finite, shorter
+    than `min_samples`, silent (peak < SILENCE_PEAK) or constant (a DC offset, no sound)."""
     x = wav.numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav)
     n = x.shape[-1] if x.ndim else 0
     if x.size == 0:
         raise AudioError(path, "empty (0 samples)")
     if not np.isfinite(x).all():
         raise AudioError(path, "contains NaN or inf samples")
+    if n < min_samples:
+        raise AudioError(path, f"too short ({n} samples < {min_samples} required)")
     peak = float(np.abs(x).max())
     if peak < SILENCE_PEAK:
         raise AudioError(path, f"silent (peak {peak:.2e} < {SILENCE_PEAK:.0e})")
-    if n < min_samples:
-        raise AudioError(path, f"too short ({n} samples < {min_samples} required)")
+    swing = float(np.abs(x - x.mean(axis=-1, keepdims=True)).max())
+    if swing < SILENCE_PEAK:
+        raise AudioError(path, f"constant (DC offset {float(x.mean()):.2e}, no sound: variation {swing:.2e} "
+                               f"< {SILENCE_PEAK:.0e})")
 
 
 def load_audio(path: str | Path, sample_rate: int, min_samples: int = 1) -> torch.Tensor:

@@ -50,7 +50,7 @@ LOCK = "train.lock"
 KEYS = ("kind", "model", "optimizer", "step", "history", "rng", "config")
 LOOPS = {"codec": "train_codec", "lm": "train_lm"}
 # training settings that do not change the numbers of a run: a resume may change them
-RUN_NEUTRAL = ("device", "progress", "cache_dir", "eval_batch_size", "ckpt_every")
+RUN_NEUTRAL = ("device", "amp", "progress", "cache_dir", "eval_batch_size", "ckpt_every")
 RESUME_IGNORE = tuple(f"train.{k}" for k in RUN_NEUTRAL + ("steps",))
 
 

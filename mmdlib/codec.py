@@ -134,7 +134,7 @@ class Codec(nn.Module):
             wav_hat, logmag = self.decoder(q.quantized, return_logmag=True)
         else:
             wav_hat, logmag = self.decoder(q.quantized), None
-        return CodecOutput(wav_hat[..., :n], q.codes, q.streams, q.commit_loss, logmag)
+        return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag)  # float32 audio under autocast
 
     def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Residual streams `b k d t` with gradient to the encoder, quantizer buffers untouched.

@@ -430,6 +430,26 @@ def _decode_cached(path: Path, sample_rate: int, cache_dir: Path | None) -> np.n
     return np.load(cached, mmap_mode="r")
 
 
+LEVEL_QUANTILE = 0.9999  # a file's robust peak: ignores the loudest 0.01 % of its samples
+
+
+def robust_peak(wav: np.ndarray) -> float:
+    """The LEVEL_QUANTILE quantile of |wav| (a strided subsample for long files): the level of the
+    music, which a few clicks or overshooting samples do not move."""
+    x = np.abs(np.asarray(wav[:: max(1, len(wav) // 2_000_000)], dtype=np.float32))
+    return float(np.quantile(x, LEVEL_QUANTILE))
+
+
+def not_a_file(path: Path) -> None:
+    """AudioError for an entry with an audio extension that is no regular file."""
+    if path.is_symlink() and not path.exists():
+        raise AudioError(path, f"broken symbolic link (to {os.readlink(path)!r})")
+    if path.is_dir():
+        raise AudioError(path, "a directory, not an audio file")
+    if not path.is_file():
+        raise AudioError(path, "not a regular file (a pipe, socket or device): not read")
+
+
 class AudioFolder(torch.utils.data.Dataset):
     """Fixed-length mono crops `1 n` (n = round(seconds * sample_rate)) of the audio files under
     `root` (recursive; .wav .flac .ogg .mp3, any case).
@@ -439,11 +459,14 @@ class AudioFolder(torch.utils.data.Dataset):
     - Decoding happens at construction: mono downmix, resampling. Without cache_dir all decoded
       audio is held in RAM as float32 (4 bytes * sample_rate per second: 230 MB per hour at
       16 kHz). With cache_dir each file is stored once as .npy and memory-mapped afterwards.
-    - Files whose peak exceeds 1 (lossy decoders and resampling overshoot) are scaled down to
-      peak 1 (a per-file gain applied to crops), so every item has peak <= 1.
-    - Unusable files (unreadable, empty, NaN/inf, silent, shorter than one crop) are skipped with
-      a single SkippedAudioWarning listing each path and reason; a folder with none usable
-      raises ValueError.
+    - Loudness: a file whose level exceeds full scale is scaled down by a per-file gain, 1 / its
+      robust peak (the LEVEL_QUANTILE quantile of |x|, which a few clicks or decoder overshoots
+      cannot move: a single 1e6 sample does not silence the music); items are then clipped to
+      [-1, 1], so every item has peak <= 1. Files below full scale keep their level.
+    - Unusable entries (unreadable, empty, NaN/inf, silent or constant after that gain, shorter
+      than one crop; directories, broken links, pipes and other non-files with an audio
+      extension) are skipped with a single SkippedAudioWarning listing each path and reason; a
+      folder with none usable raises ValueError.
     - train: `items_per_epoch` random crops (default: as many as fit end to end in the split's
       audio), file chosen in proportion to its length, silent crops redrawn (up to 8 times);
       the crop of item i depends only on
@@ -481,32 +504,42 @@ class AudioFolder(torch.utils.data.Dataset):
             cache_dir = Path(cache_dir)
             cache_dir.mkdir(parents=True, exist_ok=True)
 
-        paths = sorted(p for p in self.root.rglob("*")
-                       if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        paths = [p for p in paths
-                 if file_split(p.relative_to(self.root).as_posix(), valid_fraction, test_fraction) == split]
+        entries = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        splits = {p: file_split(p.relative_to(self.root).as_posix(), valid_fraction, test_fraction) for p in entries}
+        paths = [p for p in entries if splits[p] == split]
         self.paths: list[Path] = []
         self.audio: list[np.ndarray] = []  # one `n` float32 array per usable file
-        self.gains: list[float] = []  # 1 / peak for files that exceed [-1, 1] (decoder overshoot)
+        self.gains: list[float] = []  # 1 / robust peak for files louder than full scale, else 1
         skipped: list[AudioError] = []
         for p in paths:
             try:
+                not_a_file(p)
                 wav = _decode_cached(p, sample_rate, cache_dir)
                 check_audio(wav, p, min_samples=self.n_samples)
+                level = robust_peak(wav)
+                if level < SILENCE_PEAK:
+                    raise AudioError(p, f"silent apart from a few loud samples (clicks): robust peak {level:.2e} "
+                                        f"< {SILENCE_PEAK:.0e}, peak {float(np.abs(wav).max()):.2e}")
+                gain = min(1.0, 1.0 / level)
             except AudioError as e:
                 skipped.append(e)
                 continue
             self.paths.append(p)
             self.audio.append(wav)
-            self.gains.append(min(1.0, 1.0 / float(np.abs(wav).max())))
+            self.gains.append(gain)
         if skipped:
             lines = "\n".join(f"  {e.path}: {e.reason}" for e in skipped)
             warnings.warn(f"AudioFolder {str(self.root)!r} ({split}): skipped {len(skipped)} of "
                           f"{len(paths)} files:\n{lines}", SkippedAudioWarning, stacklevel=2)
         self.skipped = [(e.path, e.reason) for e in skipped]
         if not self.audio:
+            counts = {s: sum(v == s for v in splits.values()) for s in SPLITS}
+            hint = ("" if len(paths) else f"; files are split by a hash of their path (valid_fraction={valid_fraction}, "
+                    f"test_fraction={test_fraction}): this folder's {len(entries)} audio entries fall "
+                    + ", ".join(f"{n} in {s}" for s, n in counts.items())
+                    + " — add files (about 10 or more) or change the fractions")
             raise ValueError(f"audio folder {str(self.root)!r} has no usable audio for split "
-                             f"{split!r} ({len(paths)} candidate files, {len(skipped)} skipped)")
+                             f"{split!r} ({len(paths)} candidate files, {len(skipped)} skipped){hint}")
 
         self.lengths = np.array([len(a) for a in self.audio])
         if split == "train":
@@ -544,13 +577,15 @@ class AudioFolder(torch.utils.data.Dataset):
         return f, start
 
     def _silent(self, f: int, start: int) -> bool:
-        return float(np.abs(self.audio[f][start : start + self.n_samples]).max()) < SILENCE_PEAK
+        """Is this crop silent at the level the item will have (after the file's gain)?"""
+        return self.gains[f] * float(np.abs(self.audio[f][start : start + self.n_samples]).max()) < SILENCE_PEAK
 
     def __getitem__(self, index: int) -> torch.Tensor:
         f, start = self.crop(index)
         x = np.array(self.audio[f][start : start + self.n_samples])
         if self.gains[f] != 1.0:
             x *= self.gains[f]
+        np.clip(x, -1.0, 1.0, out=x)  # clicks above the robust peak
         return torch.from_numpy(x)[None]
 
 

@@ -5,6 +5,7 @@ without them everything below is a no-op and the world has one rank.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -67,3 +68,18 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
         x /= world_size()
     return x
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on `device` when enabled (the training loops' `amp` setting), else a no-op.
+    The quantizer and the MMD compute in float32 inside it (they upcast; tested)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def allow_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA (the `amp` setting); nothing elsewhere."""
+    if enabled and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

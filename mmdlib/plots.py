@@ -63,7 +63,7 @@ def waveforms(wavs: list, sample_rate: int, titles: list[str] | None = None):
     return fig
 
 
-def codec_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("sisnr_db", "mel_distance",
+def codec_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("mel_distance", "sisnr_db",
                  "nmi_delay", "mmd")):
     """Validation metrics against training step, one line per codec."""
     labels = {"sisnr_db": "SI-SNR (dB) ↑", "mel_distance": "mel distance ↓", "nmi_delay": "NMI, delay-aligned ↓",
@@ -182,7 +182,7 @@ def lm_curves(histories: dict[str, list[dict]], key: str = "valid_bits_per_frame
         b.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", ms=3, label=name)
     a.set(xlabel="step", ylabel="nats / code", title="training loss (moving average)")
     b.set(xlabel="step", ylabel="bits / frame", title="held-out bits per frame ↓")
-    b.legend(fontsize=7)
+    b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the curves
     fig.tight_layout()
     return fig
 
@@ -192,14 +192,16 @@ def grouped_bars(table: dict[str, dict[str, float]], ylabel: str, title: str = "
     groups = list(table)
     bars = list(dict.fromkeys(b for g in groups for b in table[g]))
     width = 0.8 / max(1, len(bars))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(groups) * max(1, len(bars)) / 2, 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.6 + 1.4 * len(groups) * max(1, len(bars)) / 2), 3.8))
     for i, bar in enumerate(bars):
         xs = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
         vals = [table[g].get(bar, np.nan) for g in groups]
         rects = ax.bar(xs, vals, width, label=bar)
         ax.bar_label(rects, fmt=f"%{fmt}", fontsize=7)
     ax.set(xticks=np.arange(len(groups)), xticklabels=groups, ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
+    ax.margins(y=0.15)  # room for the value labels
+    if len(bars) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -207,12 +209,12 @@ def grouped_bars(table: dict[str, dict[str, float]], ylabel: str, title: str = "
 def lines(x, ys: dict[str, list[float]], xlabel: str, ylabel: str, title: str = "", logx: bool = False,
           logy: bool = False):
     """One line per entry of ys against x."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     for name, y in ys.items():
         ax.plot(x, y, marker="o", ms=3, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale="log" if logx else "linear",
            yscale="log" if logy else "linear")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

@@ -120,8 +120,9 @@ class SpectralDecoder(nn.Module):
     def forward(self, z: Tensor, return_logmag: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """`b d t -> b c n` (and the predicted log-magnitude `b c f s` with return_logmag)."""
         cfg = self.cfg
-        out = rearrange(self.net(z), "b (o c f r) t -> o b c f (t r)", o=2, c=cfg.channels, r=cfg.down)
-        logmag, phase = 3 * out[0] - 5, out[1]          # logmag back from the encoder's feature scale
+        out = rearrange(self.net(z).float(), "b (o c f r) t -> o b c f (t r)", o=2, c=cfg.channels, r=cfg.down)
+        logmag, phase = 3 * out[0] - 5, out[1]  # logmag back from the encoder's feature scale; float32
+                                                # (under bf16 autocast too): the iSTFT needs it
         spec = torch.polar(torch.exp(logmag.clamp(max=8.0)), phase)       # b c f s
         wav = istft(spec.flatten(0, 1), cfg.n_fft, cfg.hop, self.window).unflatten(0, spec.shape[:2])
         return (wav, logmag) if return_logmag else wav

@@ -35,6 +35,7 @@ from .losses import (LossBalancer, MultiResolutionSTFTLoss, MultiScaleMelLoss, f
                      hinge_g_loss, l1_wave)
 from .metrics import VISQOL_MIN_SECONDS, codebook_usage, mel_distance, si_snr, visqol
 from .mmd import MMDConfig, gather_streams, mmd_independence
+from .overrides import apply_overrides
 from .spectral import log_magnitude
 
 
@@ -76,6 +77,7 @@ class CodecTrainConfig:
     ckpt_every: int = 200
     seed: int = 0
     device: str = "cpu"
+    amp: bool = False               # bf16 autocast of the forward pass (+ TF32 on CUDA); opt-in
     cache_dir: str | None = None    # on-disk cache of decoded audio (folder data)
 
     def __post_init__(self):
@@ -86,6 +88,8 @@ class CodecTrainConfig:
         for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise ValueError(f"training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
         if self.segment_seconds <= 0:
             raise ValueError(f"training parameter segment_seconds={self.segment_seconds} must be > 0")
         if self.discriminator_size not in ("tiny", "paper"):
@@ -287,6 +291,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     elif D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
 
+    D.allow_tf32(device, cfg.amp)
     gen = D.wrap_ddp(model, device)
     disc_ddp = D.wrap_ddp(disc, device) if disc is not None else None
     M = cfg.mmd_macro_batches
@@ -302,45 +307,46 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
         for o in (opt, opt_d):  # a pure function of the step: nothing to save for an exact resume
             for group in (o.param_groups if o is not None else []):
                 group["lr"] = learning_rate(cfg, step)
-        wav = get_batch(train_set, cfg, step, rank).to(device)
-        out = gen(wav)
-        losses = {"l1": l1_wave(out.wav, wav), "mel": mel_loss(out.wav, wav)}
-        if cfg.w_stft:
-            losses["stft"] = stft_loss(out.wav, wav)
+        with D.autocast(device, cfg.amp):  # bf16 forward when amp (quantizer and MMD stay float32)
+            wav = get_batch(train_set, cfg, step, rank).to(device)
+            out = gen(wav)
+            losses = {"l1": l1_wave(out.wav, wav), "mel": mel_loss(out.wav, wav)}
+            if cfg.w_stft:
+                losses["stft"] = stft_loss(out.wav, wav)
 
-        if disc is not None:
-            # discriminator step on real and (detached) fake, one forward
-            logits, _ = disc_ddp(torch.cat([wav, out.wav.detach()]))
-            real = [l[: len(wav)] for l in logits]
-            fake = [l[len(wav):] for l in logits]
-            loss_d = hinge_d_loss(real, fake)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            # generator's adversarial and feature-matching losses, discriminator frozen
-            disc.requires_grad_(False)
-            logits, feats = disc(torch.cat([wav, out.wav]))
-            disc.requires_grad_(True)
-            losses["adv"] = hinge_g_loss([l[len(wav):] for l in logits])
-            losses["feat"] = feature_matching_loss([[f[: len(wav)].detach() for f in fs] for fs in feats],
-                                                   [[f[len(wav):] for f in fs] for fs in feats])
-            losses["d"] = loss_d.detach()
+            if disc is not None:
+                # discriminator step on real and (detached) fake, one forward
+                logits, _ = disc_ddp(torch.cat([wav, out.wav.detach()]))
+                real = [l[: len(wav)] for l in logits]
+                fake = [l[len(wav):] for l in logits]
+                loss_d = hinge_d_loss(real, fake)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                # generator's adversarial and feature-matching losses, discriminator frozen
+                disc.requires_grad_(False)
+                logits, feats = disc(torch.cat([wav, out.wav]))
+                disc.requires_grad_(True)
+                losses["adv"] = hinge_g_loss([l[len(wav):] for l in logits])
+                losses["feat"] = feature_matching_loss([[f[: len(wav)].detach() for f in fs] for fs in feats],
+                                                       [[f[len(wav):] for f in fs] for fs in feats])
+                losses["d"] = loss_d.detach()
 
-        extra = cfg.w_commit * out.commit_loss
-        if cfg.w_spec:
-            if out.logmag is None:
-                raise ValueError(f"w_spec={cfg.w_spec} needs a spectral codec (arch 'spectral'), not {codec_cfg.arch!r}")
-            target = log_magnitude(model._check(wav), codec_cfg.spectral, model.decoder.window)
-            losses["spec"] = (out.logmag - target).abs().mean()
-            extra = extra + cfg.w_spec * losses["spec"]
-        if cfg.mmd_weight and step >= cfg.mmd_start:
-            pending.append(wav)
-            if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
-                streams = torch.cat([model.encode_streams(w, checkpoint=True) for w in pending])
-                mmd = mmd_independence(gather_streams(streams), cfg.mmd, seed=_batch_seed(cfg.seed, step, 0))
-                extra = extra + cfg.mmd_weight * mmd
-                losses["mmd"] = mmd.detach()
-                pending = []
+            extra = cfg.w_commit * out.commit_loss
+            if cfg.w_spec:
+                if out.logmag is None:
+                    raise ValueError(f"w_spec={cfg.w_spec} needs a spectral codec (arch 'spectral'), not {codec_cfg.arch!r}")
+                target = log_magnitude(model._check(wav), codec_cfg.spectral, model.decoder.window)
+                losses["spec"] = (out.logmag - target).abs().mean()
+                extra = extra + cfg.w_spec * losses["spec"]
+            if cfg.mmd_weight and step >= cfg.mmd_start:
+                pending.append(wav)
+                if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
+                    streams = torch.cat([model.encode_streams(w, checkpoint=True) for w in pending])
+                    mmd = mmd_independence(gather_streams(streams), cfg.mmd, seed=_batch_seed(cfg.seed, step, 0))
+                    extra = extra + cfg.mmd_weight * mmd
+                    losses["mmd"] = mmd.detach()
+                    pending = []
 
         opt.zero_grad(set_to_none=True)
         rec = {k: losses[k] for k in weights}
@@ -386,18 +392,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS))
     p.add_argument("--run-dir", required=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override training parameters, e.g. steps=300 mmd_weight=100 data=path/to/folder")
+                   help="override training parameters, e.g. steps=300 mmd_weight=100 data=path/to/folder "
+                        "mmd.align=none (typed by CodecTrainConfig's fields)")
     args = p.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    if "mmd_align" in overrides:
-        overrides["mmd"] = dataclasses.replace(MMDConfig(), align=overrides.pop("mmd_align"))
-    cfg = train_preset(args.preset, **overrides)
+    try:  # typed by the fields; nested MMD settings keep the preset's other values (mmd.align=none)
+        cfg = apply_overrides(train_preset(args.preset), args.set)
+    except ValueError as e:
+        p.error(str(e))
     result = train_codec(cfg, args.run_dir)
     if D.is_main():
         print(json.dumps(result["final"]))

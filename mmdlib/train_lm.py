@@ -45,6 +45,7 @@ class LMTrainConfig:
     ckpt_every: int = 500
     seed: int = 0
     device: str = "cpu"
+    amp: bool = False            # bf16 autocast of the forward pass (+ TF32 on CUDA); opt-in
     progress: bool = True        # tqdm bar (rank 0)
 
     def __post_init__(self):
@@ -52,6 +53,8 @@ class LMTrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
         if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
                              f"got {self.warmup}, {self.lr}, {self.min_lr_ratio}")
@@ -173,6 +176,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         restore_rng_states(state["rng"])
         if found != ckpt:  # carried over to the new name and layout
             _save(ckpt, model, opt, sched, step, history, config)
+    ddp.allow_tf32(device, train_cfg.amp)
     net = ddp.wrap_ddp(model, device)
     valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
 
@@ -189,7 +193,8 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     model.train()
     while step < end:
         codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
-        nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
+        with ddp.autocast(device, train_cfg.amp):  # bf16 forward when amp
+            nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
         loss = nll / n_codes
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--codebook-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (+ TF32 on CUDA)")
     a = p.parse_args(argv)
     tr, va = torch.load(a.train), torch.load(a.valid)
     over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     over |= {"codebook_size": a.codebook_size} if a.codebook_size is not None else {}
     lm_cfg = lm_config(a.lm, **over)
     train_cfg = dataclasses.replace(LM_TRAIN_PRESETS[a.train_preset],
-                                    **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None})
+                                    **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None},
+                                    **({"amp": True} if a.amp else {}))
     _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir)
     ddp.cleanup()
     return history

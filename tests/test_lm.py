@@ -319,3 +319,10 @@ def test_training_and_evaluation_share_one_loss(tmp_path):
     with torch.no_grad():
         nll, n_codes = sequence_nll(initial.train(), batch)  # as in training
     assert n_codes == batch.numel() and float(nll) == nats
+
+
+def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path):
+    tr, va, lm_cfg = tiny_setup()
+    cfg = LMTrainConfig(steps=3, batch_size=2, seq_frames=8, eval_every=3, progress=False, amp=True)
+    _, history = train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    assert all(math.isfinite(r["loss"]) for r in history) and math.isfinite(history[-1]["valid_bits_per_frame"])

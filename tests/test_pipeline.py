@@ -1,6 +1,7 @@
 """The notebook glue: parameter checks and their messages, run-dir layout, tokenisation, results."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -85,6 +86,19 @@ def test_bad_names_and_values(tmp_path):
         check_params("00_data", data=str(tmp_path / "nowhere"))
     with pytest.raises(PipelineError, match="seed="):
         check_params("00_data", seed=-1)
+    with pytest.raises(PipelineError, match=r"seed=1180591620717411303424: expected an integer in 0\.\.2147483647"):
+        check_params("00_data", seed=2**70)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # (root may write anywhere)
+            with pytest.raises(PipelineError, match=r"run_dir=.*locked/run' cannot be written.*-p run_dir runs/mine"):
+                check_params("00_data", run_dir=str(locked / "run"))
+    finally:
+        locked.chmod(0o700)
+    with pytest.raises(PipelineError, match=r"fig_dir=.*cannot be written"):
+        check_params("00_data", run_dir=str(tmp_path / "r"), fig_dir="/proc/forbidden")
     assert check_params("00_data", data=str(tmp_path)).data == str(tmp_path)
 
 

@@ -1,4 +1,5 @@
 """The codec training loop: exact resume after an interruption, bad parameters."""
+import math
 import pytest
 import torch
 
@@ -116,3 +117,32 @@ def test_seanet_codec_trains_with_its_preset_and_refuses_the_spectral_loss(tmp_p
     assert out["final"]["step"] == 2 and torch.isfinite(torch.tensor(out["final"]["mel_distance"]))
     with pytest.raises(ValueError, match="w_spec=1.0 needs a spectral codec"):
         train_codec(config(steps=2), tmp_path / "b", codec_cfg=SMALL_SEANET, progress=False)
+
+
+@pytest.mark.slow  # the paper's codec, on CPU: ~30 s
+def test_paper_preset_runs_its_whole_path_on_cpu(tmp_path):
+    """SEANet with LSTM, 4 x 2048 codes at 32 kHz, MS-STFT discriminator, gradient balancer and the
+    raw-distance MMD from step 0: one step, evaluated and checkpointed."""
+    cfg = train_preset("paper", steps=1, batch_size=2, segment_seconds=0.5, device="cpu", n_train_items=4,
+                       n_valid_items=2, eval_every=1, ckpt_every=1, mmd_macro_batches=1, mmd_weight=1000.0,
+                       eval_visqol=0)
+    assert cfg.discriminator and cfg.balancer and cfg.mmd_start == 0 and not cfg.mmd.normalize_distance
+    out = train_codec(cfg, tmp_path, progress=False)
+    final = out["final"]
+    assert final["step"] == 1 and all(math.isfinite(final[k]) for k in ("train_mmd", "train_adv", "train_feat", "mel_distance"))
+    codec = Codec.load(tmp_path / "codec.pt")
+    assert (codec.cfg.sample_rate, codec.cfg.quantizer.codebook_size, codec.cfg.seanet.lstm) == (32000, 2048, 2)
+
+
+@pytest.mark.parametrize("codec_cfg,discriminator", [(SMALL, False), (SMALL_SEANET, True)])
+def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path, codec_cfg, discriminator):
+    """amp=True: bf16 autocast of the forward pass (CPU here; TF32 too on CUDA), finite losses; the
+    quantizer's codes and the MMD stay float32."""
+    cfg = config(steps=4, amp=True, discriminator=discriminator, w_spec=1.0 if codec_cfg.arch == "spectral" else 0.0)
+    out = train_codec(cfg, tmp_path, codec_cfg=codec_cfg, progress=False)
+    assert all(math.isfinite(v) for v in out["last_losses"].values()) and "mmd" in out["last_losses"]
+    codec = Codec.load(tmp_path / "codec.pt")
+    x = torch.randn(2, 1, 3200)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o = codec(x)
+    assert o.wav.dtype == torch.float32 and o.streams.dtype == torch.float32
