@@ -51,9 +51,13 @@ def cleanup() -> None:
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel when distributed, the model itself otherwise.
 
-    Buffers are not broadcast: the quantizer keeps its EMA codebooks in sync itself."""
+    Buffers start as rank 0's (broadcast here once: DDP copies only the parameters when it does not
+    broadcast buffers, and a codebook initialised at random without k-means would differ per
+    rank); after that the quantizer keeps its EMA codebooks in sync itself."""
     if not is_distributed():
         return model
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 

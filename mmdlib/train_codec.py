@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .codec import Codec, CodecConfig, codec_preset
 from .data import make_dataset
 from .dependence import dependence_summary
 from .discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+from .kernel_report import kernel_report
 from .losses import (LossBalancer, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching_loss, hinge_d_loss,
                      hinge_g_loss, l1_wave)
 from .metrics import VISQOL_MIN_SECONDS, codebook_usage, mel_distance, si_snr, visqol
@@ -234,6 +236,25 @@ def fork_checkpoint(src: str | Path, cfg: CodecTrainConfig, run_dir: str | Path)
     save_checkpoint(Path(run_dir) / CHECKPOINT, ckpt)
 
 
+KERNELS = "mmd_kernels.json"  # the MMD kernels' saturation check at the first MMD step
+
+
+def check_kernels(streams: torch.Tensor, mmd_cfg: MMDConfig, step: int, path: Path) -> dict:
+    """Write kernel_report(streams) to `path`; warn when every kernel scale is saturated."""
+    report = kernel_report(streams, mmd_cfg) | {"step": step}
+    path.write_text(json.dumps(report, indent=1))
+    if report["all_saturated"]:
+        values = ", ".join(f"{m:.1e}" for m in report["mean_kernel"])
+        why = ("the samples are (nearly) all alike: the residual streams barely vary, e.g. right after the "
+               "k-means initialisation on these very vectors (fewer vectors than codes leave zero residuals)"
+               if min(report["mean_kernel"]) > 0.5 else
+               "the samples are all far apart for these scales: set mmd.normalize_distance=true or larger mmd.scales")
+        warnings.warn(f"MMD loss at step {step}: every kernel scale is saturated (mean kernel values {values} for "
+                      f"scales {report['scales']}, median squared distance {report['median_sq_dist']:.3g}), so the "
+                      f"loss is ~0 whatever the dependence; {why} ({path})", stacklevel=2)
+    return report
+
+
 def learning_rate(cfg: CodecTrainConfig, step: int) -> float:
     """Cosine decay from cfg.lr at step 0 to cfg.lr·cfg.lr_final at the last step."""
     progress = step / max(1, cfg.steps - 1)
@@ -247,8 +268,9 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     """Train (or resume) a codec in `run_dir`; returns {"history": [...], "final": metrics}.
 
     `run_dir/checkpoint.pt` holds everything needed to resume; `run_dir/codec.pt` the final codec
-    (`Codec.load`); `run_dir/metrics.json` the validation history. `stop_at` ends the run early
-    at that step (after checkpointing), as an interruption would.
+    (`Codec.load`); `run_dir/metrics.json` the validation history; `run_dir/mmd_kernels.json` the
+    saturation check of the MMD's kernels at its first step (kernel_report). `stop_at` ends the
+    run early at that step (after checkpointing), as an interruption would.
     """
     run_dir = Path(run_dir)
     device = D.setup(cfg.device)
@@ -343,8 +365,14 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
                 pending.append(wav)
                 if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
                     streams = torch.cat([model.encode_streams(w, checkpoint=True) for w in pending])
-                    mmd = mmd_independence(gather_streams(streams), cfg.mmd, seed=_batch_seed(cfg.seed, step, 0))
-                    extra = extra + cfg.mmd_weight * mmd
+                    pooled = gather_streams(streams)
+                    mmd = mmd_independence(pooled, cfg.mmd, seed=_batch_seed(cfg.seed, step, 0))
+                    if D.is_main() and not (run_dir / KERNELS).exists():
+                        check_kernels(pooled, cfg.mmd, step, run_dir / KERNELS)
+                    # DDP averages the ranks' gradients, each of which reaches only its own slot of the
+                    # pooled streams: × world size gives the gradient of λ·MMD on the pooled macro-batch,
+                    # as one process on the concatenated batch gets (tests/test_ddp.py)
+                    extra = extra + cfg.mmd_weight * D.world_size() * mmd
                     losses["mmd"] = mmd.detach()
                     pending = []
 

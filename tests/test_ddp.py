@@ -1,6 +1,7 @@
 """Multi-process training for real: both loops under torchrun (2 CPU processes, gloo), then a
 single-process resume of what they wrote."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,3 +43,51 @@ def test_train_lm_under_torchrun(tmp_path):
     state = torch.load(tmp_path / "lm" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 and len(state["rng"]) == 2
     assert torch.isfinite(torch.tensor(state["history"][-1]["valid_bits_per_frame"]))
+
+
+WORKER = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+
+
+def run_worker(kind: str, run_dir, concat: int = 0) -> None:
+    """tests/ddp_worker.py: under torchrun (2 ranks), or alone on the 2 ranks' batches concatenated."""
+    if concat:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, WORKER, kind, str(run_dir), "--concat", str(concat)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    else:
+        torchrun([WORKER, kind, str(run_dir)], run_dir.parent)
+
+
+def assert_same_weights(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        same = torch.allclose(a[name].float(), b[name].float(), rtol=1e-4, atol=1e-6)
+        assert same, f"{what}: {name} differs by {float((a[name].float() - b[name].float()).abs().max()):.2e}"
+
+
+def test_codec_ddp_equals_one_process_on_the_concatenated_batch(tmp_path):
+    """3 steps, 2 ranks x batch 2, MMD on from step 1 (λ = 100): the weights, the pooled MMD and the
+    validation metrics equal those of one process trained on the 2 ranks' batches concatenated
+    (the MMD's gradient under DDP is scaled by the world size, so λ means the same; quantizer
+    k-means and restarts off: see tests/ddp_worker.py)."""
+    run_worker("codec", tmp_path / "ddp")
+    run_worker("codec", tmp_path / "one", concat=2)
+    ddp, one = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("ddp", "one"))
+    assert_same_weights(ddp["model"], one["model"], "codec")
+    h_ddp, h_one = ddp["history"][-1], one["history"][-1]
+    for key in ("train_mmd", "mel_distance", "sisnr_db", "mmd"):
+        assert math.isclose(h_ddp[key], h_one[key], rel_tol=1e-4, abs_tol=1e-6), (key, h_ddp[key], h_one[key])
+
+
+def test_lm_ddp_equals_one_process_on_the_concatenated_batch(tmp_path):
+    """3 steps, 2 ranks x batch 2: the weights, the rank-averaged training losses and the sharded
+    validation bits/frame equal those of one process on the concatenated batches."""
+    run_worker("lm", tmp_path / "ddp")
+    run_worker("lm", tmp_path / "one", concat=2)
+    ddp, one = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("ddp", "one"))
+    assert_same_weights(ddp["model"], one["model"], "lm")
+    for a, b in zip(ddp["history"], one["history"], strict=True):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
+    assert math.isclose(ddp["history"][-1]["valid_bits_per_frame"], one["history"][-1]["valid_bits_per_frame"],
+                        rel_tol=1e-5)

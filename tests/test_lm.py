@@ -326,3 +326,22 @@ def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path):
     cfg = LMTrainConfig(steps=3, batch_size=2, seq_frames=8, eval_every=3, progress=False, amp=True)
     _, history = train_lm(tr, va, lm_cfg, cfg, tmp_path)
     assert all(math.isfinite(r["loss"]) for r in history) and math.isfinite(history[-1]["valid_bits_per_frame"])
+
+
+@pytest.mark.slow  # ~10 s: a 1024-wide transformer over 4 x 2048 codes on CPU
+def test_paper_lm_preset_trains_and_generates_on_cpu(tmp_path):
+    """The paper LM (width 1024, 16 heads, 4 x 2048 codes, dropout 0.1) with its training preset
+    (AdamW, lr 1e-4, warm-up, delay pattern) for 2 steps on short crops, cut to 2 of its 24 layers
+    (every code path, in a CPU's memory), then KV-cached sampling: the GPU run's path once."""
+    from mmdlib.train_lm import LM_TRAIN_PRESETS
+    lm_cfg = lm_config("paper", n_layers=2)
+    assert (lm_cfg.dim, lm_cfg.n_heads, lm_cfg.codebook_size, lm_cfg.dropout, lm_cfg.pattern) == (1024, 16, 2048, 0.1, "delay")
+    cfg = dataclasses.replace(LM_TRAIN_PRESETS["paper"], steps=2, batch_size=2, seq_frames=24, eval_every=2,
+                              ckpt_every=2, device="cpu", progress=False)
+    tokens = torch.randint(0, 2048, (4, 4, 30), generator=torch.Generator().manual_seed(0))
+    model, history = train_lm(tokens[:2], tokens[2:], lm_cfg, cfg, tmp_path)
+    # untrained: about ln 2048 nats per code, log2(2048) x 4 bits per frame on uniform codes
+    assert history[0]["loss"] == pytest.approx(math.log(2048), abs=0.6)
+    assert history[-1]["valid_bits_per_frame"] == pytest.approx(44.0, abs=3.0)
+    codes = generate(TokenLM.load(tmp_path / "checkpoint.pt"), n_frames=6, batch_size=2)
+    assert codes.shape == (2, 4, 6) and 0 <= int(codes.min()) and int(codes.max()) < 2048

@@ -1,4 +1,5 @@
 """The codec training loop: exact resume after an interruption, bad parameters."""
+import json
 import math
 import pytest
 import torch
@@ -8,7 +9,7 @@ from mmdlib.mmd import MMDConfig
 from mmdlib.quantize import QuantizerConfig
 from mmdlib.seanet import SEANetConfig
 from mmdlib.spectral import SpectralConfig
-from mmdlib.train_codec import learning_rate, train_codec, train_preset
+from mmdlib.train_codec import check_kernels, learning_rate, train_codec, train_preset
 
 # the tiny preset's architecture (spectral), small
 SMALL = CodecConfig(
@@ -132,6 +133,20 @@ def test_paper_preset_runs_its_whole_path_on_cpu(tmp_path):
     assert final["step"] == 1 and all(math.isfinite(final[k]) for k in ("train_mmd", "train_adv", "train_feat", "mel_distance"))
     codec = Codec.load(tmp_path / "codec.pt")
     assert (codec.cfg.sample_rate, codec.cfg.quantizer.codebook_size, codec.cfg.seanet.lstm) == (32000, 2048, 2)
+    # the saturation check of the MMD's kernels at step 0: raw distances on K·D = 4 × 128 features
+    kernels = json.loads((tmp_path / "mmd_kernels.json").read_text())
+    assert kernels["step"] == 0 and kernels["features"] == 512 and not kernels["normalize_distance"]
+    assert len(kernels["mean_kernel"]) == 6 and all(0 <= m <= 1 for m in kernels["mean_kernel"])
+
+
+def test_all_saturated_kernels_are_reported_with_a_warning(tmp_path):
+    streams = torch.randn(1, 4, 128, 300, generator=torch.Generator().manual_seed(0))  # K·D = 512, raw distances
+    with pytest.warns(UserWarning, match=r"every kernel scale is saturated .* all far apart .* mmd\.normalize_distance=true"):
+        report = check_kernels(streams, MMDConfig(), 7, tmp_path / "k.json")
+    assert json.loads((tmp_path / "k.json").read_text()) == report and report["step"] == 7
+    flat = streams[..., :1].expand_as(streams) + 1e-4 * streams  # samples all alike
+    with pytest.warns(UserWarning, match=r"all alike: the residual streams barely vary"):
+        check_kernels(flat, MMDConfig(standardize=False), 0, tmp_path / "flat.json")
 
 
 @pytest.mark.parametrize("codec_cfg,discriminator", [(SMALL, False), (SMALL_SEANET, True)])
