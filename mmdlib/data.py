@@ -604,3 +604,10 @@ def make_dataset(
         return SyntheticMusic(n_items, seconds, sample_rate, seed=seed, split=split)
     return AudioFolder(source, sample_rate, seconds, split=split, seed=seed, cache_dir=cache_dir,
                        items_per_epoch=n_items if split == "train" else None)
+
+
+def clip_batches(ds, batch_size: int, n_items: int | None = None):
+    """The first n_items clips of a dataset (all when None), stacked in batches `b 1 n` (in order)."""
+    n = len(ds) if n_items is None else min(n_items, len(ds))
+    for i in range(0, n, batch_size):
+        yield torch.stack([ds[j] for j in range(i, min(i + batch_size, n))])

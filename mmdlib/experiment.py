@@ -34,9 +34,10 @@ import torch
 from .audio import load_audio
 from .codec import Codec
 from .fad import embed_audio, fad, get_embedder
-from .pipeline import (PIPELINE_PRESETS, PipelineConfig, PipelineError, codec_dir, codec_name, codec_train_config,
-                       dataset, gen_dir, generate_run, load_codec, resolve, sample_rate, train_codec_run,
-                       train_lm_run, write_json)
+from .layout import write_json
+from .params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
+from .report import add_gap
+from .stages import codec_train_config, dataset, generate_run, load_codec, sample_rate, train_codec_run, train_lm_run
 from .train_codec import evaluate_codec, fork_checkpoint, train_codec
 
 
@@ -54,7 +55,8 @@ class SweepConfig:
     n_visqol: int = 8                # held-out clips scored with ViSQOL per codec (~0.5 s of CPU each)
     # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
     pipeline: PipelineConfig = PipelineConfig(
-        codec_steps=500, codec_eval_every=250, lm_preset="small", lm_steps=300, lm_eval_every=300, n_gen=8,
+        codec_steps=500, codec_mmd_start=333, codec_eval_every=250, lm_preset="small", lm_steps=300, lm_warmup=60,
+        lm_eval_every=300, n_gen=8,
         threads=None, run_dir="runs/sweep", fig_dir="figures/sweep")
 
 
@@ -104,25 +106,17 @@ def train_codecs(sweep: SweepConfig, cfg: PipelineConfig) -> None:
     (with mmd_start = 0, as in the paper preset, every codec trains from scratch)."""
     base = codec_train_config(cfg, 0.0)
     prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
-    todo = [(c, lam) for c, lam in codecs(sweep, cfg) if not (codec_dir(c, lam) / "codec.pt").is_file()]
+    todo = [(c, lam) for c, lam in codecs(sweep, cfg) if not (c.layout.codec(lam) / "codec.pt").is_file()]
     if not todo:
         return
     if base.mmd_start and not prefix.is_file():
-        train_codec(base, codec_dir(cfg, 0.0), stop_at=base.mmd_start, progress=False)
-        shutil.copyfile(codec_dir(cfg, 0.0) / "checkpoint.pt", prefix)
+        train_codec(base, cfg.layout.codec(0.0), stop_at=base.mmd_start, progress=False)
+        shutil.copyfile(cfg.layout.codec(0.0) / "checkpoint.pt", prefix)
     for c, lam in todo:
-        if lam and base.mmd_start and not (codec_dir(c, lam) / "checkpoint.pt").is_file():
-            fork_checkpoint(prefix, codec_train_config(c, lam), codec_dir(c, lam))
+        if lam and base.mmd_start and not (c.layout.codec(lam) / "checkpoint.pt").is_file():
+            fork_checkpoint(prefix, codec_train_config(c, lam), c.layout.codec(lam))
         train_codec_run(c, lam)
-        print(f"  codec {codec_name(lam, c.align)} done", flush=True)
-
-
-def add_gap(rows: list[dict]) -> None:
-    """rows[i]["gap_vs_flatten"] = its bits/frame − the flatten LM's on the same codec (None when
-    that codec has no flatten LM): the factorisation gap."""
-    flat = {r["codec"]: r["bits_per_frame"] for r in rows if r["pattern"] == "flatten"}
-    for r in rows:
-        r["gap_vs_flatten"] = r["bits_per_frame"] - flat[r["codec"]] if r["codec"] in flat else None
+        print(f"  codec {c.layout.codec_name(lam)} done", flush=True)
 
 
 def _embed(embedders: dict, wav: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
@@ -150,14 +144,14 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
                             n_visqol=min(sweep.n_visqol, len(real)))
         rec = _embed(embedders, ev.pop("audio"), sr)
         q = codec.cfg.quantizer
-        name = codec_name(lam, c.align)
+        name = c.layout.codec_name(lam)
         rows_codec.append({"codec": name, "lambda": lam, "align": c.align, **ev,
                            "kbps": codec.frame_rate * q.n_q * np.log2(q.codebook_size) / 1000,
                            **{f"fad_{k}_recon": fad(rec[k], real_emb[k]) for k in embedders}})
         for pattern in cfg.patterns:
             lm = train_lm_run(c, lam, pattern)
             gen = generate_run(c, lam, pattern, codec)
-            wav = torch.stack([load_audio(p, sr) for p in sorted(gen_dir(c, lam, pattern).glob("sample*.wav"))])
+            wav = torch.stack([load_audio(p, sr) for p in sorted(c.layout.gen(lam, pattern).glob("sample*.wav"))])
             emb = _embed(embedders, wav, sr)
             rows_lm.append({"codec": name, "lambda": lam, "align": c.align, "pattern": pattern,
                             "bits_per_frame": lm["valid_bits_per_frame"], "lm_train_seconds": lm["train_seconds"],
@@ -183,20 +177,20 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
     n_token_train = n_token_train or cfg.n_token_train
     name = f"lm_steps{lm_steps}" + (f"_clips{n_token_train}" if n_token_train != cfg.n_token_train else "")
     study = dataclasses.replace(cfg, run_dir=f"{cfg.run_dir}/{name}", lm_steps=lm_steps, n_token_train=n_token_train,
-                                lm_eval_every=max(1, lm_steps // 4))
+                                lm_warmup=None, lm_eval_every=max(1, lm_steps // 4))
     rows = []
     for lam in lambdas:
-        src = codec_dir(cfg, lam)
+        src = cfg.layout.codec(lam)
         if not (src / "codec.pt").is_file():
             raise PipelineError(f"{src}/codec.pt is missing: run the sweep for {data_tag(data)} seed {seed} first")
-        link = codec_dir(study, lam)
+        link = study.layout.codec(lam)
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(Path("..") / src.name)
         for pattern in cfg.patterns:
             lm = train_lm_run(study, lam, pattern)
             curve = [r["valid_bits_per_frame"] for r in lm["history"] if "valid_bits_per_frame" in r]
-            rows.append({"codec": codec_name(lam, cfg.align), "lambda": lam, "pattern": pattern,
+            rows.append({"codec": cfg.layout.codec_name(lam), "lambda": lam, "pattern": pattern,
                          "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["valid_bits_per_frame"],
                          "curve": curve, "train_seconds": lm["train_seconds"]})
     add_gap(rows)

@@ -69,17 +69,23 @@ def _parse(name: str, text: str, kind: str):
 
 
 def apply_overrides(cfg, items: list[str]):
-    """A copy of the dataclass `cfg` with each `KEY=VALUE` of `items` applied (see the module doc)."""
+    """A copy of the dataclass `cfg` with each `KEY=VALUE` of `items` applied (see the module doc).
+    All values are parsed first and applied at once, so the config's own checks see the final
+    combination (e.g. `steps=2 mmd_weight=10 mmd_start=1`), whatever the order of the items."""
+    tree = _Group()
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        path = ALIASES.get(key, key).split(".")
-        cfg = _set(cfg, path, text, key)
-    return cfg
+        _parse_into(tree, cfg, ALIASES.get(key, key).split("."), text, key)
+    return _apply(cfg, tree)
 
 
-def _set(cfg, path: list[str], text: str, name: str):
+class _Group(dict):
+    """The parsed overrides of one (nested) config: field name -> value or _Group."""
+
+
+def _parse_into(tree: _Group, cfg, path: list[str], text: str, name: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     if path[0] not in fields:
         raise ValueError(f"--set {name}: unknown parameter {path[0]!r} of {type(cfg).__name__}; "
@@ -89,9 +95,16 @@ def _set(cfg, path: list[str], text: str, name: str):
         if len(path) == 1:
             raise ValueError(f"--set {name}: {path[0]} is a group of settings; set one of them, "
                              f"e.g. {path[0]}.{dataclasses.fields(current)[0].name}=...")
-        return dataclasses.replace(cfg, **{path[0]: _set(current, path[1:], text, name)})
+        _parse_into(tree.setdefault(path[0], _Group()), current, path[1:], text, name)
+        return
     if len(path) > 1:
         raise ValueError(f"--set {name}: {path[0]} has no sub-settings")
     kind = fields[path[0]].type
     kind = kind if isinstance(kind, str) else typing.get_type_hints(type(cfg))[path[0]].__name__
-    return dataclasses.replace(cfg, **{path[0]: _parse(name, text, kind)})
+    tree[path[0]] = _parse(name, text, kind)
+
+
+def _apply(cfg, tree: _Group):
+    """dataclasses.replace, nested groups first (each config checks its final values once)."""
+    return dataclasses.replace(cfg, **{k: _apply(getattr(cfg, k), v) if isinstance(v, _Group) else v
+                                       for k, v in tree.items()})

@@ -29,7 +29,7 @@ from . import distributed as D
 from .checkpoint import (CHECKPOINT, RUN_NEUTRAL, all_rng_states, batch_seed, check_resume, check_same_config,
                          load_checkpoint, locks_run_dir, restore_rng_states, save_checkpoint)
 from .codec import Codec, CodecConfig, codec_preset
-from .data import make_dataset
+from .data import clip_batches, make_dataset
 from .dependence import dependence_summary
 from .discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
 from .kernel_report import kernel_report
@@ -87,6 +87,10 @@ class CodecTrainConfig:
             raise ValueError(f"training parameter lr_final={self.lr_final} must be in (0, 1]")
         if self.mmd_start < 0:
             raise ValueError(f"training parameter mmd_start={self.mmd_start} must be >= 0")
+        if self.mmd_weight and self.mmd_start >= self.steps:
+            raise ValueError(f"mmd_weight={self.mmd_weight:g} but mmd_start={self.mmd_start} >= steps={self.steps}: "
+                             "the MMD loss would never be on; set mmd_start below steps (e.g. mmd_start="
+                             f"{2 * self.steps // 3})")
         for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
@@ -183,8 +187,8 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig
     was_training = codec.training
     codec.eval()
     sisnr, mel, codes, streams, audio, scores = [], [], [], [], [], []
-    for i in range(0, len(valid), batch_size):
-        wav = torch.stack([valid[j] for j in range(i, min(i + batch_size, len(valid)))]).to(device)
+    for i, wav in zip(range(0, len(valid), batch_size), clip_batches(valid, batch_size)):
+        wav = wav.to(device)
         out = codec(wav)
         sisnr.append(si_snr(out.wav, wav))
         mel.append(mel_distance(out.wav, wav, codec.cfg.sample_rate))

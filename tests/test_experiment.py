@@ -5,16 +5,17 @@ import math
 import pytest
 
 from mmdlib import experiment as ex
-from mmdlib.pipeline import PipelineError, codec_dir, codec_train_config
+from mmdlib.params import PipelineError
+from mmdlib.stages import codec_train_config
 
 
 def test_codecs_of_a_sweep_share_their_prefix_config():
     sweep = ex.SWEEP_PRESETS["tiny"]
     cfg = ex.seed_config(sweep, "synthetic", 1)
     pairs = ex.codecs(sweep, cfg)
-    names = [codec_dir(c, lam).name for c, lam in pairs]
+    names = [c.layout.codec(lam).name for c, lam in pairs]
     assert names == ["codec_lambda0", "codec_lambda10", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
-    assert len({codec_dir(c, lam) for c, lam in pairs}) == 5 and cfg.run_dir.endswith("synthetic/seed1")
+    assert len({c.layout.codec(lam) for c, lam in pairs}) == 5 and cfg.run_dir.endswith("synthetic/seed1")
     # every codec differs from the λ = 0 run only in its MMD settings: they can fork its prefix
     base = codec_train_config(cfg, 0.0).to_dict()
     for c, lam in pairs:
@@ -78,7 +79,8 @@ def test_smoke_sweep_end_to_end(tmp_path):
     evaluation, LMs, samples, FAD), then the report; a rerun reuses every artifact."""
     smoke = ex.SWEEP_PRESETS["smoke"]
     pipe = dataclasses.replace(smoke.pipeline, run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"),
-                               patterns=("delay", "flatten"), lm_steps=4, lm_eval_every=4, codec_steps=9,
+                               patterns=("delay", "flatten"), lm_steps=4, lm_warmup=1, lm_eval_every=4, codec_steps=9,
+                               codec_mmd_start=6,
                                codec_eval_every=9, clip_seconds=1.0, n_token_train=8, n_token_valid=4,
                                mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2)
     sweep = dataclasses.replace(smoke, lambdas_nonaligned=(), pipeline=pipe)
@@ -103,7 +105,7 @@ def test_supertux_has_its_own_lambda_grid():
     sweep = ex.SWEEP_PRESETS["tiny"]
     cfg = ex.seed_config(sweep, "data/external/supertux", 0)
     assert cfg.lambdas == (0.0, 3.0, 10.0, 30.0)
-    names = [codec_dir(c, lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
+    names = [c.layout.codec(lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
     assert names[-1] == "codec_lambda10_none" and len(names) == 5
 
 

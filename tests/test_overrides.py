@@ -42,3 +42,11 @@ def test_the_command_line_reports_a_bad_override(tmp_path, capsys):
         train_codec_main(["--run-dir", str(tmp_path), "--set", "mmd_weight=nan"])
     assert e.value.code == 2 and "mmd_weight='nan': expected a finite number" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_items_are_checked_together_whatever_their_order():
+    """The config's checks see the final combination: steps=2 with mmd_weight before mmd_start is fine."""
+    cfg = apply_overrides(train_preset("tiny"), ["steps=2", "mmd_weight=10", "mmd_start=1", "mmd.align=none"])
+    assert (cfg.steps, cfg.mmd_weight, cfg.mmd_start, cfg.mmd.align, cfg.mmd.normalize_distance) == (2, 10.0, 1, "none", True)
+    with pytest.raises(ValueError, match=r"mmd_start=400 >= steps=2: the MMD loss would never be on"):
+        apply_overrides(train_preset("tiny"), ["steps=2", "mmd_weight=10"])

@@ -1,4 +1,5 @@
 """The notebook glue: parameter checks and their messages, run-dir layout, tokenisation, results."""
+import dataclasses
 import json
 import math
 import os
@@ -6,11 +7,14 @@ import os
 import pytest
 import torch
 
-from mmdlib import pipeline as pl
+from mmdlib import layout, params, players, report, stages
 from mmdlib.codec import Codec, CodecConfig
-from mmdlib.pipeline import PipelineError, check_params
+from mmdlib.overrides import apply_overrides
+from mmdlib.params import PipelineError, check_params
 from mmdlib.quantize import QuantizerConfig
 from mmdlib.seanet import SEANetConfig
+from mmdlib.train_codec import TRAIN_PRESETS, train_preset
+from mmdlib.train_lm import LM_TRAIN_PRESETS
 
 SMALL = CodecConfig(
     sample_rate=16000,
@@ -21,8 +25,8 @@ SMALL = CodecConfig(
 
 def test_defaults_resolve_to_the_preset(tmp_path):
     cfg = check_params("00_data", run_dir=str(tmp_path))
-    tiny = pl.PIPELINE_PRESETS["tiny"]
-    assert cfg == pl.dataclasses.replace(tiny, run_dir=str(tmp_path))
+    tiny = params.PIPELINE_PRESETS["tiny"]
+    assert cfg == dataclasses.replace(tiny, run_dir=str(tmp_path))
     # None means "the preset's value"
     assert check_params("00_data", run_dir=str(tmp_path), lambdas=None, lm_steps=None).lm_steps == tiny.lm_steps
 
@@ -108,7 +112,7 @@ def test_missing_artifacts_name_the_notebook_to_run(tmp_path):
     msg = str(e.value)
     assert str(tmp_path / "codec_lambda0" / "codec.pt") in msg
     assert str(tmp_path / "codec_lambda100" / "codec.pt") in msg
-    assert "notebooks/01_train_codec.ipynb" in msg and "make pipeline" in msg
+    assert "notebooks/01_train_codec.ipynb" in msg and "make run" in msg
     # with the codecs there, 03 passes and 04 asks for the language models
     for lam in (0, 100):
         (tmp_path / f"codec_lambda{lam}").mkdir()
@@ -122,29 +126,44 @@ def test_missing_artifacts_name_the_notebook_to_run(tmp_path):
 
 def test_layout(tmp_path):
     cfg = check_params("00_data", run_dir=str(tmp_path), lambdas="0,100,0.5")
-    assert [pl.codec_name(x) for x in cfg.lambdas] == ["codec_lambda0", "codec_lambda100", "codec_lambda0.5"]
-    assert pl.codec_name(100, "none") == "codec_lambda100_none"
-    assert pl.codec_name(0, "none") == "codec_lambda0"  # no MMD, so no alignment
-    assert pl.codec_dir(cfg, 100) == tmp_path / "codec_lambda100"
-    assert pl.token_path(cfg, 0, "valid") == tmp_path / "tokens" / "codec_lambda0" / "valid.pt"
-    assert pl.lm_dir(cfg, 100, "delay") == tmp_path / "lm" / "codec_lambda100" / "delay"
-    assert pl.gen_dir(cfg, 0, "flatten") == tmp_path / "generate" / "codec_lambda0" / "flatten"
-    assert pl.dependence_path(cfg, 0) == tmp_path / "dependence" / "codec_lambda0.json"
+    assert [layout.codec_name(x) for x in cfg.lambdas] == ["codec_lambda0", "codec_lambda100", "codec_lambda0.5"]
+    assert layout.codec_name(100, "none") == "codec_lambda100_none"
+    assert layout.codec_name(0, "none") == "codec_lambda0"  # no MMD, so no alignment
+    assert cfg.layout.codec(100) == tmp_path / "codec_lambda100"
+    assert cfg.layout.tokens(0, "valid") == tmp_path / "tokens" / "codec_lambda0" / "valid.pt"
+    assert cfg.layout.lm(100, "delay") == tmp_path / "lm" / "codec_lambda100" / "delay"
+    assert cfg.layout.gen(0, "flatten") == tmp_path / "generate" / "codec_lambda0" / "flatten"
+    assert cfg.layout.dependence(0) == tmp_path / "dependence" / "codec_lambda0.json"
     # relative paths are taken from the repository root, whatever the working directory
-    assert check_params("00_data", run_dir="runs/x").run_path == pl.ROOT / "runs" / "x"
+    assert check_params("00_data", run_dir="runs/x").run_path == params.ROOT / "runs" / "x"
 
 
 def test_codec_and_lm_configs():
-    cfg = check_params("00_data", lambdas="0,100", codec_steps=30, lm_steps=40, align="none")
-    c = pl.codec_train_config(cfg, 100)
-    assert (c.steps, c.mmd_weight, c.mmd.align, c.eval_every) == (30, 100.0, "none", 30)
-    from mmdlib.train_codec import TRAIN_PRESETS
+    cfg = check_params("00_data", lambdas="0,100", codec_steps=30, codec_mmd_start=20, lm_steps=40, lm_warmup=4,
+                       align="none")
+    c = stages.codec_train_config(cfg, 100)
+    assert (c.steps, c.mmd_start, c.mmd_weight, c.mmd.align, c.eval_every) == (30, 20, 100.0, "none", 200)
+    assert c.mmd.normalize_distance  # the preset's kernel, kept when the alignment changes
 
-    paper = pl.codec_train_config(pl.dataclasses.replace(pl.PIPELINE_PRESETS["paper"], device="cpu"), 1000)
+    paper = stages.codec_train_config(dataclasses.replace(params.PIPELINE_PRESETS["paper"], device="cpu"), 1000)
     assert paper.steps == TRAIN_PRESETS["paper"].steps  # None keeps the training preset's steps
-    lm_cfg, t = pl.lm_configs(cfg, "flatten", 3, 16)
+    lm_cfg, t = stages.lm_configs(cfg, "flatten", 3, 16)
     assert (lm_cfg.pattern, lm_cfg.n_q, lm_cfg.codebook_size) == ("flatten", 3, 16)
-    assert t.steps == 40 and t.warmup <= 8 and t.ckpt_every <= 40 and not t.progress
+    assert (t.steps, t.warmup, t.ckpt_every, t.progress) == (40, 4, LM_TRAIN_PRESETS["tiny"].ckpt_every, False)
+
+
+def test_the_notebooks_train_what_the_command_line_trains():
+    """No setting is rewritten behind the user's back: the tiny notebooks' λ = 100 codec is
+    `python -m mmdlib.train_codec --set steps=600 eval_every=200 mmd_weight=100`, and a run too short
+    for the preset's mmd_start is refused instead of silently moved."""
+    tiny = check_params("00_data")
+    assert stages.codec_train_config(tiny, 100) == apply_overrides(
+        train_preset("tiny"), ["steps=600", "eval_every=200", "mmd_weight=100"])
+    with pytest.raises(PipelineError, match=r"mmd_start=400 >= steps=30: the MMD loss would never be on"):
+        stages.codec_train_config(check_params("00_data", codec_steps=30), 100)
+    assert stages.codec_train_config(check_params("00_data", codec_steps=30), 0).steps == 30  # no MMD: fine
+    with pytest.raises(PipelineError, match=r"codec_mmd_start=-1: expected an integer >= 0"):
+        check_params("00_data", codec_mmd_start=-1)
 
 
 def test_tokenise_shapes_and_cache(tmp_path, monkeypatch):
@@ -153,22 +172,22 @@ def test_tokenise_shapes_and_cache(tmp_path, monkeypatch):
     codec = Codec(SMALL).eval()
     (tmp_path / "codec_lambda0").mkdir()
     codec.save(tmp_path / "codec_lambda0" / "codec.pt")
-    ds = pl.dataset(cfg, "train", 3)
-    codes = pl.tokenise(codec, ds, batch_size=2)
+    ds = stages.dataset(cfg, "train", 3)
+    codes = stages.tokenise(codec, ds, batch_size=2)
     assert codes.shape == (3, 3, round(0.4 * 16000) // codec.hop_length) and codes.dtype == torch.long
     assert 0 <= codes.min() and codes.max() < 16
 
-    train = pl.tokens(cfg, 0, "train")
+    train = stages.tokens(cfg, 0, "train")
     assert torch.equal(train, codes)
-    assert pl.tokens(cfg, 0, "valid").shape == (2, 3, codes.shape[-1])
+    assert stages.tokens(cfg, 0, "valid").shape == (2, 3, codes.shape[-1])
     # the second call reads the cache ...
-    monkeypatch.setattr(pl, "tokenise", lambda *a, **k: pytest.fail("should have used the cache"))
-    assert torch.equal(pl.tokens(cfg, 0, "train"), codes)
+    monkeypatch.setattr(stages, "tokenise", lambda *a, **k: pytest.fail("should have used the cache"))
+    assert torch.equal(stages.tokens(cfg, 0, "train"), codes)
     # ... unless the data parameters changed
     with pytest.raises(pytest.fail.Exception):
-        pl.tokens(pl.dataclasses.replace(cfg, n_token_train=4), 0, "train")
+        stages.tokens(dataclasses.replace(cfg, n_token_train=4), 0, "train")
     with pytest.raises(PipelineError, match="split='test'"):
-        pl.tokens(cfg, 0, "test")
+        stages.tokens(cfg, 0, "test")
 
 
 def test_results_table_from_artifacts(tmp_path):
@@ -176,25 +195,25 @@ def test_results_table_from_artifacts(tmp_path):
     for lam, nmi in ((0, 0.4), (100, 0.1)):
         hist = [{"step": 10, "sisnr_db": 3.0, "mel_distance": 1.0, "usage_perplexity_ratio_min": 0.5,
                  "nmi_lag0": nmi, "nmi_delay": nmi / 2, "mmd": 0.01, "seconds": 5.0}]
-        pl.write_json(pl.codec_dir(cfg, lam) / "metrics.json", {"config": {}, "history": hist})
-    pl.write_json(pl.lm_dir(cfg, 0, "delay") / "metrics.json",
+        layout.write_json(cfg.layout.codec(lam) / "metrics.json", {"config": {}, "history": hist})
+    layout.write_json(cfg.layout.lm(0, "delay") / "metrics.json",
                   {"valid_bits_per_frame": 12.5, "train_config": {"steps": 40}})
-    res = pl.collect_results(cfg)
+    res = report.collect_results(cfg)
     assert [r["codec"] for r in res["codecs"]] == ["codec_lambda0", "codec_lambda100"]
     assert res["codecs"][1]["nmi_delay"] == 0.05 and res["codecs"][1]["p_value_delay"] is None
     assert res["lms"][0]["valid_bits_per_frame"] == 12.5 and res["lms"][1]["valid_bits_per_frame"] is None
-    md = pl.results_markdown(res)
+    md = report.results_markdown(res)
     assert "| codec_lambda0 | delay | 12.50 | – | – |" in md  # missing artifacts show as –, never invented
-    md_path, json_path = pl.write_results(pl.dataclasses.replace(cfg, fig_dir=str(tmp_path / "fig")), res)
+    md_path, json_path = report.write_results(dataclasses.replace(cfg, fig_dir=str(tmp_path / "fig")), res)
     assert md_path.read_text() == md and json.loads(json_path.read_text())["lms"] == res["lms"]
 
 
 def test_players_embed_ogg():
     wav = torch.sin(torch.arange(8000) / 10.0)[None] * 0.5
-    html = pl.players_table({"row": {"a": wav, "b": wav}, "other": {"a": wav}}, 16000).data
+    html = players.players_table({"row": {"a": wav, "b": wav}, "other": {"a": wav}}, 16000).data
     assert html.count("<audio") == 3 and "data:audio/ogg;base64," in html
-    assert pl.audio_bytes(wav, 16000)[:4] == b"OggS"
-    assert math.isclose(len(pl.audio_bytes(wav, 16000, "wav")), 44 + 2 * 8000, abs_tol=64)
+    assert players.audio_bytes(wav, 16000)[:4] == b"OggS"
+    assert math.isclose(len(players.audio_bytes(wav, 16000, "wav")), 44 + 2 * 8000, abs_tol=64)
 
 
 def test_lm_run_resumes_and_refuses_other_configs(tmp_path):
@@ -203,17 +222,17 @@ def test_lm_run_resumes_and_refuses_other_configs(tmp_path):
     torch.manual_seed(0)
     (tmp_path / "codec_lambda0").mkdir()
     Codec(SMALL).save(tmp_path / "codec_lambda0" / "codec.pt")
-    first = pl.train_lm_run(cfg, 0, "delay")
+    first = stages.train_lm_run(cfg, 0, "delay")
     assert not first["resumed"] and [r["step"] for r in first["history"] if "valid_bits_per_frame" in r] == [1, 2]
-    assert pl.train_lm_run(cfg, 0, "delay")["resumed"]  # finished: reloaded, not retrained
+    assert stages.train_lm_run(cfg, 0, "delay")["resumed"]  # finished: reloaded, not retrained
     # a checkpoint without metrics.json (interrupted, or trained by `torchrun -m mmdlib.train_lm`) is resumed
-    (pl.lm_dir(cfg, 0, "delay") / "metrics.json").unlink()
-    again = pl.train_lm_run(cfg, 0, "delay")
+    (cfg.layout.lm(0, "delay") / "metrics.json").unlink()
+    again = stages.train_lm_run(cfg, 0, "delay")
     assert again["valid_bits_per_frame"] == first["valid_bits_per_frame"]
     with pytest.raises(PipelineError, match="another configuration"):
-        pl.train_lm_run(pl.dataclasses.replace(cfg, lm_steps=3), 0, "delay")
-    (pl.lm_dir(cfg, 0, "delay") / "metrics.json").unlink()
+        stages.train_lm_run(dataclasses.replace(cfg, lm_steps=3), 0, "delay")
+    (cfg.layout.lm(0, "delay") / "metrics.json").unlink()
     with pytest.raises(PipelineError, match="another LM or training configuration"):
-        pl.train_lm_run(pl.dataclasses.replace(cfg, lm_steps=3), 0, "delay")
+        stages.train_lm_run(dataclasses.replace(cfg, lm_steps=3), 0, "delay")
     # the token cache is a plain tensor, readable by the train_lm command line
-    assert torch.load(pl.token_path(cfg, 0, "train")).shape == (4, 3, 20)
+    assert torch.load(cfg.layout.tokens(0, "train")).shape == (4, 3, 20)

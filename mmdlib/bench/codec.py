@@ -24,7 +24,7 @@ from ..anchors import OPUS_INSTALL, opus_available, opus_roundtrip
 from ..codec import Codec
 from ..data import make_dataset
 from ..metrics import bitrate, mel_distance, si_snr, visqol
-from ..pipeline import resolve
+from ..params import resolve
 from ..train_codec import evaluate_codec, train_codec, train_preset
 from .common import peak_rss_mib, report
 

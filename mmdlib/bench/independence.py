@@ -22,7 +22,7 @@ import torch
 from ..codec import Codec
 from ..data import make_dataset
 from ..mmd import MMDConfig
-from ..pipeline import codec_name
+from ..layout import codec_name
 from ..train_codec import evaluate_codec, train_codec, train_preset
 from .common import peak_rss_mib, report
 

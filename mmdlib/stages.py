@@ -1,0 +1,311 @@
+"""The pipeline's stages: data, codecs, token caches, language models, generation, dependence.
+
+Each stage takes the run's PipelineConfig (mmdlib.params) and the keys of what it makes (the MMD
+weight λ of a codec, an LM's pattern), reads and writes under `cfg.layout` (mmdlib.layout), and
+reloads instead of recomputing what an earlier call finished:
+
+    train_codec_run(cfg, lam)          01: train (or resume, or reload) the codec of weight λ
+    tokens(cfg, lam, split)            02/03: the codes of the train/valid clips, cached
+    dependence_run(cfg, lam)           02: MI/NMI of the codes, MMD² and permutation tests
+    train_lm_run(cfg, lam, pattern)    03: one LM per (codec, pattern)
+    generate_run(cfg, lam, pattern)    04: samples, timing, dependence of the generated codes
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .audio import save_audio
+from .checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, history_rows, load_checkpoint
+from .codec import Codec, codec_preset
+from .data import clip_batches, make_dataset
+from .dependence import dependence_summary, pairwise_mi, permutation_test
+from .layout import write_json
+from .lm import TokenLM, generate, lm_config
+from .metrics import mel_distance, si_snr, visqol
+from .mmd import mmd_independence
+from .params import PipelineConfig, PipelineError, resolve
+from .train_codec import TRAIN_PRESETS, train_codec, train_preset
+from .train_lm import LM_TRAIN_PRESETS, train_lm
+
+
+def read_json(path: Path, how: str = "") -> dict:
+    """A JSON artifact, or a PipelineError saying which notebook makes it."""
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing" + (f": {how}" if how else ""))
+    return json.loads(path.read_text())
+
+# ----------------------------------------------------------------------------------------------
+# Data and codecs
+
+
+def sample_rate(cfg: PipelineConfig) -> int:
+    return codec_preset(TRAIN_PRESETS[cfg.codec_preset].preset).sample_rate
+
+
+def data_cache_dir(cfg: PipelineConfig) -> str | None:
+    if cfg.data == "synthetic":
+        return None
+    return str(resolve(cfg.cache_dir or "data/cache"))
+
+
+def dataset(cfg: PipelineConfig, split: str, n_items: int, seconds: float | None = None):
+    """Clips `1 n` of the pipeline's data; folder valid/test splits are cut to `n_items`."""
+    ds = make_dataset(str(resolve(cfg.data)) if cfg.data != "synthetic" else "synthetic", split,
+                      sample_rate(cfg), seconds or cfg.clip_seconds, n_items, cfg.seed, data_cache_dir(cfg))
+    if len(ds) > n_items:
+        ds = torch.utils.data.Subset(ds, range(n_items))
+    return ds
+
+
+def codec_train_config(cfg: PipelineConfig, lam: float):
+    """The CodecTrainConfig of the codec with MMD weight `lam`: train_preset(cfg.codec_preset) with
+    this run's λ, alignment, data, seed and device, and the steps, mmd_start and eval_every that
+    the run sets (None keeps the preset's). Nothing else is changed: `python -m mmdlib.train_codec
+    --preset tiny --set steps=600 mmd_weight=100` trains the notebooks' λ = 100 codec."""
+    base = TRAIN_PRESETS[cfg.codec_preset]
+    over = dict(mmd_weight=float(lam), mmd=dataclasses.replace(base.mmd, align=cfg.align), seed=cfg.seed,
+                device=cfg.device, data=str(resolve(cfg.data)) if cfg.data != "synthetic" else "synthetic",
+                cache_dir=data_cache_dir(cfg))
+    for name, value in (("steps", cfg.codec_steps), ("mmd_start", cfg.codec_mmd_start),
+                        ("eval_every", cfg.codec_eval_every)):
+        if value is not None:
+            over[name] = value
+    try:
+        return train_preset(cfg.codec_preset, **over)
+    except ValueError as e:
+        raise PipelineError(f"codec training settings: {e}") from None
+
+
+def train_codec_run(cfg: PipelineConfig, lam: float) -> dict:
+    """Train (or resume, or just reload if finished) the codec of weight `lam` in codec_dir."""
+    tcfg = codec_train_config(cfg, lam)
+    out = cfg.layout.codec(lam)
+    done = out / "metrics.json"
+    if done.is_file() and (out / "codec.pt").is_file():
+        saved = json.loads(done.read_text())
+        if saved["config"] == json.loads(json.dumps(tcfg.to_dict())):
+            return {"history": saved["history"], "final": saved["history"][-1], "resumed": True}
+        raise PipelineError(f"{out} holds a codec trained with another configuration; delete that folder "
+                            "or choose another run_dir")
+    result = train_codec(tcfg, out, progress=False)
+    return result | {"resumed": False}
+
+
+@torch.no_grad()
+def reconstruct_run(cfg: PipelineConfig, lam: float, clips: list[torch.Tensor], codec: Codec | None = None
+                    ) -> tuple[list[torch.Tensor], dict]:
+    """Codec `lam`'s reconstructions of `clips` (each `1 n`), written to <codec folder>/recon/clip<i>.wav,
+    and their scores against the clips: {"clip i": {"ViSQOL", "mel distance", "SI-SNR (dB)"}}."""
+    codec = codec or load_codec(cfg, lam)
+    sr = codec.cfg.sample_rate
+    folder = cfg.layout.codec(lam) / "recon"
+    folder.mkdir(parents=True, exist_ok=True)
+    recon, scores = [], {}
+    for i, x in enumerate(clips):
+        y = codec(x[None].to(cfg.device)).wav[0].cpu()
+        save_audio(folder / f"clip{i}.wav", y, sr)
+        scores[f"clip {i}"] = {"ViSQOL": visqol(y[None], x[None], sr).item(),
+                               "mel distance": mel_distance(y[None], x[None], sr).item(),
+                               "SI-SNR (dB)": si_snr(y[None], x[None]).item()}
+        recon.append(y)
+    return recon, scores
+
+
+def load_codec(cfg: PipelineConfig, lam: float) -> Codec:
+    path = cfg.layout.codec(lam) / "codec.pt"
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing: run notebooks/01_train_codec.ipynb with lambdas={lam:g} first")
+    return Codec.load(path, map_location=cfg.device).to(cfg.device)
+
+
+def codec_history(cfg: PipelineConfig, lam: float) -> list[dict]:
+    return read_json(cfg.layout.codec(lam) / "metrics.json", "run notebooks/01_train_codec.ipynb")["history"]
+
+
+@torch.no_grad()
+def tokenise(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
+    """Codes `n k t` (long, CPU) of every clip of a dataset of `1 n` clips."""
+    codes = [codec.encode(wav.to(device)).cpu() for wav in clip_batches(ds, batch_size)]
+    if not codes:
+        raise PipelineError("tokenise: the dataset is empty")
+    return torch.cat(codes)
+
+
+def _token_meta(cfg: PipelineConfig, lam: float, split: str, n_items: int) -> dict:
+    ckpt = cfg.layout.codec(lam) / "codec.pt"
+    st = ckpt.stat()
+    return {"data": cfg.data, "split": split, "n_items": n_items, "clip_seconds": cfg.clip_seconds,
+            "seed": cfg.seed, "codec": str(ckpt), "codec_size": st.st_size, "codec_mtime_ns": st.st_mtime_ns}
+
+
+def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = None) -> torch.Tensor:
+    """The codes `n k t` of the train or valid clips under codec `lam`, cached in run_dir/tokens/
+    as `<split>.pt` (a plain long tensor, what `python -m mmdlib.train_lm --train/--valid` reads) and
+    `<split>.json` (what it was computed from: recomputed when the codec or data parameters change)."""
+    if split not in ("train", "valid"):
+        raise PipelineError(f"split={split!r}: expected 'train' or 'valid'")
+    n_items = cfg.n_token_train if split == "train" else cfg.n_token_valid
+    meta = _token_meta(cfg, lam, split, n_items)
+    path = cfg.layout.tokens(lam, split)
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        return torch.load(path)
+    codec = codec or load_codec(cfg, lam)
+    codes = tokenise(codec, dataset(cfg, split, n_items), device=cfg.device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(codes, path)
+    write_json(meta_path, meta)
+    return codes
+
+
+# ----------------------------------------------------------------------------------------------
+# Language models
+
+
+def lm_configs(cfg: PipelineConfig, pattern: str, n_q: int, codebook_size: int):
+    """(LMConfig, LMTrainConfig) of the LM with `pattern` over a codec with n_q x codebook_size codes:
+    the run's LM presets with its steps, crop length, warm-up and evaluation interval (None keeps
+    the preset's), and nothing else changed."""
+    lm_cfg = lm_config(cfg.lm_preset, pattern=pattern, n_q=n_q, codebook_size=codebook_size)
+    over = dict(seed=cfg.seed, device=cfg.device, progress=False)
+    for name, value in (("steps", cfg.lm_steps), ("seq_frames", cfg.lm_seq_frames), ("warmup", cfg.lm_warmup),
+                        ("eval_every", cfg.lm_eval_every)):
+        if value is not None:
+            over[name] = value
+    try:
+        return lm_cfg, dataclasses.replace(LM_TRAIN_PRESETS[cfg.lm_train_preset], **over)
+    except ValueError as e:
+        raise PipelineError(f"LM training settings: {e}") from None
+
+
+def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
+    """Train (or resume, or reload if finished) the LM of (codec `lam`, `pattern`); writes
+    lm_dir/metrics.json with the configs, history (train_lm's rows), held-out bits per frame and
+    training time."""
+    train, valid = tokens(cfg, lam, "train"), tokens(cfg, lam, "valid")
+    codec_cfg = Codec.load(cfg.layout.codec(lam) / "codec.pt").cfg
+    lm_cfg, tcfg = lm_configs(cfg, pattern, codec_cfg.quantizer.n_q, codec_cfg.quantizer.codebook_size)
+    if train.shape[-1] < tcfg.seq_frames:
+        raise PipelineError(f"clip_seconds={cfg.clip_seconds} gives {train.shape[-1]} frames, fewer than the LM's "
+                            f"seq_frames={tcfg.seq_frames}: raise clip_seconds or lower lm_seq_frames")
+    out = cfg.layout.lm(lam, pattern)
+    configs = {"lm_config": lm_cfg.to_dict(), "train_config": tcfg.to_dict(),
+               "tokens": _token_meta(cfg, lam, "train", cfg.n_token_train)}
+    configs = json.loads(json.dumps(configs))
+    metrics_path, ckpt = out / "metrics.json", out / CHECKPOINT
+    if metrics_path.is_file() and ckpt.is_file():
+        saved = json.loads(metrics_path.read_text())
+        if {k: saved.get(k) for k in configs} == configs:
+            return saved | {"history": history_rows(saved["history"]), "resumed": True}
+        raise PipelineError(f"{out} holds an LM trained with another configuration (or on other tokens); "
+                            "delete that folder or choose another run_dir")
+    if ckpt.is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume the same run only
+        state = load_checkpoint(ckpt, "lm")  # a corrupt file: CheckpointError with what to do
+        try:
+            check_same_config(state["config"], {"model": lm_cfg.to_dict(), "train": tcfg.to_dict()},
+                              tuple(f"train.{k}" for k in RUN_NEUTRAL),
+                              f"{ckpt} was written with another LM or training configuration")
+        except CheckpointError as e:
+            raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
+    t0 = time.time()
+    model, history = train_lm(train, valid, lm_cfg, tcfg, out)
+    final = [row["valid_bits_per_frame"] for row in history if "valid_bits_per_frame" in row][-1]
+    result = configs | {"history": history, "valid_bits_per_frame": final,
+                        "train_seconds": time.time() - t0, "n_params": model.num_params(),
+                        "codec": cfg.layout.codec_name(lam), "pattern": pattern, "lambda": lam}
+    write_json(metrics_path, result)
+    return result | {"resumed": False}
+
+
+def lm_metrics(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
+    return read_json(cfg.layout.lm(lam, pattern) / "metrics.json",
+                     f"run notebooks/03_train_lm.ipynb with lambdas={lam:g}, patterns={pattern}")
+
+
+def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | None = None) -> dict:
+    """Sample cfg.n_gen clips of cfg.gen_seconds from the LM of (codec `lam`, `pattern`), decode them,
+    write gen_dir/{codes.pt, sample*.wav, metrics.json}; returns the metrics (timing included)."""
+    codec = codec or load_codec(cfg, lam)
+    model = TokenLM.load(cfg.layout.lm(lam, pattern) / "checkpoint.pt", map_location=cfg.device)
+    n_frames = max(1, round(cfg.gen_seconds * codec.frame_rate))
+    generate(model, min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels
+    if cfg.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    codes = generate(model, n_frames, batch_size=cfg.n_gen, temperature=cfg.temperature, top_k=cfg.top_k,
+                     seed=cfg.seed)
+    if cfg.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    wav = codec.decode(codes.to(cfg.device)).cpu()[..., : round(cfg.gen_seconds * codec.cfg.sample_rate)]
+    out = cfg.layout.gen(lam, pattern)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(codes.cpu(), out / "codes.pt")
+    for i, w in enumerate(wav):
+        save_audio(out / f"sample{i}.wav", w.clamp(-1, 1), codec.cfg.sample_rate)
+    metrics = {"codec": cfg.layout.codec_name(lam), "lambda": lam, "pattern": pattern, "n_frames": n_frames,
+               "n_steps": model.make_pattern(n_frames).n_steps, "batch_size": cfg.n_gen,
+               "gen_seconds_wall": seconds, "audio_seconds": cfg.gen_seconds * cfg.n_gen,
+               "real_time_factor": seconds / (cfg.gen_seconds * cfg.n_gen), "device": cfg.device}
+    size = codec.cfg.quantizer.codebook_size
+    dep = dependence_summary(codes.cpu(), size)
+    # the same statistic on as many real held-out clips and frames (its bias depends on the sample size)
+    real = tokens(cfg, lam, "valid", codec)[: cfg.n_gen, :, :n_frames]
+    metrics |= {"nmi_lag0": dep["nmi_lag0"], "nmi_delay": dep["nmi_delay"],
+                "real_nmi_delay": dependence_summary(real, size)["nmi_delay"], "real_clips": len(real)}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def generated(cfg: PipelineConfig, lam: float, pattern: str) -> tuple[torch.Tensor, dict]:
+    """(codes `b k t`, metrics) of an earlier generate_run."""
+    out = cfg.layout.gen(lam, pattern)
+    how = f"run notebooks/04_generate.ipynb with lambdas={lam:g}, patterns={pattern}"
+    metrics = read_json(out / "metrics.json", how)
+    return torch.load(out / "codes.pt"), metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Dependence between codebooks (02)
+
+
+@torch.no_grad()
+def residual_streams(codec: Codec, ds, n_items: int | None = None, batch_size: int = 16,
+                     device: str = "cpu") -> torch.Tensor:
+    """Residual streams `b k d t` (CPU) of the first n_items clips of a dataset."""
+    return torch.cat([codec(wav.to(device)).streams.cpu() for wav in clip_batches(ds, batch_size, n_items)])
+
+
+def dependence_run(cfg: PipelineConfig, lam: float, codec: Codec | None = None) -> dict:
+    """Dependence between the codebooks of codec `lam` on the held-out clips: pairwise MI/NMI of
+    the codes (lag 0 and delay-aligned), their summary, the MMD of the residual streams
+    (delay-aligned and not) and permutation-test p-values. Written to dependence_path."""
+    codec = codec or load_codec(cfg, lam)
+    size = codec.cfg.quantizer.codebook_size
+    codes = tokens(cfg, lam, "valid", codec)
+    out = {"codec": cfg.layout.codec_name(lam), "lambda": lam, "n_clips": len(codes), "frames": codes.shape[-1]}
+    for tag, align in (("lag0", "none"), ("delay", "delay")):
+        r = pairwise_mi(codes, size, align)
+        out[f"mi_{tag}"] = r["mi"].tolist()
+        out[f"nmi_{tag}"] = r["nmi"].tolist()
+        out["entropy"] = r["entropy"].tolist()
+    out["summary"] = dependence_summary(codes, size)
+    n_mmd = max(1, math.ceil(cfg.mmd_samples / codes.shape[-1]))  # whole clips, the first ones
+    n_perm = max(1, math.ceil(cfg.perm_samples / codes.shape[-1]))
+    streams = residual_streams(codec, dataset(cfg, "valid", cfg.n_token_valid), max(n_mmd, n_perm), device=cfg.device)
+    out["mmd_samples"] = int(min(n_mmd, len(streams)) * streams.shape[-1])
+    for tag, align in (("lag0", "none"), ("delay", "delay")):
+        mcfg = dataclasses.replace(codec_train_config(cfg, lam).mmd, align=align)  # as the λ > 0 codecs train
+        out[f"mmd_{tag}"] = float(mmd_independence(streams[:n_mmd], mcfg, seed=cfg.seed))
+        test = permutation_test(streams[:n_perm], mcfg, cfg.n_permutations, seed=cfg.seed)
+        out[f"perm_{tag}"] = {"statistic": test["statistic"], "p_value": test["p_value"],
+                              "null": test["null"].tolist(),
+                              "n_samples": int(min(n_perm, len(streams)) * streams.shape[-1])}
+    write_json(cfg.layout.dependence(lam), out)
+    return out
