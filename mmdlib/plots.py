@@ -263,3 +263,52 @@ def show_jpeg(fig, quality: int = 85) -> None:
     fig.savefig(buf, format="jpeg", bbox_inches="tight", pil_kwargs={"quality": quality})
     plt.close(fig)
     display(Image(data=buf.getvalue(), format="jpeg"))
+
+
+def _sweep_label(row: dict) -> str:
+    return f"λ={row['lambda']:g}" + (" (lag 0)" if row.get("align") == "none" else "")
+
+
+def sweep_tradeoff(agg: dict):
+    """Dependence (NMI delay) against reconstruction (SI-SNR), one point per codec (mean ± std),
+    faint points per seed; one panel per data set."""
+    fig, axes = plt.subplots(1, len(agg), figsize=(5 * len(agg), 4), squeeze=False)
+    for ax, (tag, a) in zip(axes[0], agg.items()):
+        for i, c in enumerate(a["codecs"]):
+            color = f"C{i}"
+            ax.scatter(c["nmi_delay"]["values"], c["sisnr_db"]["values"], color=color, alpha=0.3, s=15)
+            ax.errorbar(c["nmi_delay"]["mean"], c["sisnr_db"]["mean"], xerr=c["nmi_delay"]["std"] or 0,
+                        yerr=c["sisnr_db"]["std"] or 0, fmt="s" if c["align"] == "none" else "o", color=color,
+                        label=_sweep_label(c), capsize=3)
+        ax.set(xlabel="delay-aligned NMI of the codes (lower: more independent)", ylabel="SI-SNR (dB)",
+               title=f"{tag}: dependence vs reconstruction")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_gap(agg: dict, embedder: str = "logmel"):
+    """Top: factorisation gap (pattern − flatten bits/frame) per codec; bottom: FAD of the samples
+    per codec and pattern. Mean ± std over seeds; one column per data set."""
+    fig, axes = plt.subplots(2, len(agg), figsize=(5 * len(agg), 7), squeeze=False)
+    for j, (tag, a) in enumerate(agg.items()):
+        labels = [_sweep_label(c) for c in a["codecs"]]
+        x = np.arange(len(labels))
+        patterns = list(dict.fromkeys(r["pattern"] for r in a["lms"]))
+        for k, p in enumerate(patterns):
+            rows = [next(r for r in a["lms"] if r["codec"] == c["codec"] and r["pattern"] == p) for c in a["codecs"]]
+            off = (k - (len(patterns) - 1) / 2) * 0.2
+            for i, (key, ax) in enumerate((("gap_vs_flatten", axes[0, j]), (f"fad_{embedder}_gen", axes[1, j]))):
+                if key == "gap_vs_flatten" and p == "flatten":
+                    continue
+                m = [r[key]["mean"] if r.get(key) else np.nan for r in rows]
+                s = [(r[key]["std"] or 0) if r.get(key) else 0 for r in rows]
+                ax.errorbar(x + off, m, yerr=s, fmt="o", capsize=3, label=p, color=f"C{k}")
+        axes[0, j].axhline(0, color="k", lw=0.8)
+        axes[0, j].set(ylabel="bits/frame − flatten's", title=f"{tag}: factorisation gap")
+        axes[1, j].set(ylabel=f"FAD ({embedder}) of samples vs held-out", title=f"{tag}: sample quality")
+        for ax in axes[:, j]:
+            ax.set_xticks(x, labels, rotation=20, fontsize=8)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

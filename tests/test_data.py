@@ -10,18 +10,8 @@ import torch
 
 from mmdlib import data as data_mod
 from mmdlib.audio import AudioError, load_audio, save_audio
-from mmdlib.data import (
-    TIMBRES,
-    AudioFolder,
-    SkippedAudioWarning,
-    SynthConfig,
-    SyntheticMusic,
-    _Notes,
-    _render_notes,
-    file_split,
-    make_dataset,
-    synth_clip,
-)
+from mmdlib.data import AudioFolder, SkippedAudioWarning, file_split, make_dataset
+from mmdlib.synth import TIMBRES, SynthConfig, SyntheticMusic, _Notes, _render_notes, synth_clip
 
 SR = 16000
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from mmdlib import experiment as ex
+from mmdlib import report
 from mmdlib.params import PipelineError
 from mmdlib.stages import codec_train_config
 
@@ -42,7 +43,7 @@ def _run(seed, nmi, sisnr, bits):
 def test_aggregate_means_stds_and_paired_counts():
     runs = [_run(0, (0.30, 0.20), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5))),
             _run(1, (0.25, 0.27), (4.0, 3.0), ((21.0, 19.0), (22.0, 19.0)))]
-    agg = ex.aggregate(runs)["synthetic"]
+    agg = report.aggregate(runs)["synthetic"]
     assert agg["seeds"] == [0, 1]
     c0 = agg["codecs"][0]
     assert c0["codec"] == "codec_lambda0"
@@ -55,16 +56,16 @@ def test_aggregate_means_stds_and_paired_counts():
     assert [p["nmi_delay_lower"] for p in pairs] == [True, False]      # 0.20 < 0.30; 0.27 > 0.25
     assert [p["gap_delay_smaller"] for p in pairs] == [True, False]    # 0.5 < 2; 3 > 2
     assert [p["sisnr_cost_db"] for p in pairs] == [1.0, 1.0]
-    text = ex.report_markdown(ex.aggregate(runs), ["logmel"])
+    text = report.report_markdown(report.aggregate(runs), ["logmel"])
     assert "2 seeds: 0, 1" in text
     assert "| codec_lambda10 | 1/2 | 2/2 | +1.00 | 1/2 |" in text     # NMI lower, MMD lower, cost, delay gap
     assert text.count("| codec_lambda0 |") == 2                        # one row per pattern
 
 
 def test_single_seed_has_no_std():
-    agg = ex.aggregate([_run(0, (0.3, 0.2), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5)))])
+    agg = report.aggregate([_run(0, (0.3, 0.2), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5)))])
     assert agg["synthetic"]["codecs"][0]["sisnr_db"]["std"] is None
-    assert "3.00 |" in ex.report_markdown(agg, ["logmel"])
+    assert "3.00 |" in report.report_markdown(agg, ["logmel"])
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmdlib.anchors import opus_available, opus_roundtrip
-from mmdlib.data import synth_clip
+from mmdlib.synth import synth_clip
 from mmdlib.metrics import bitrate, codebook_usage, mel_distance, si_snr, visqol
 
 SR = 16000

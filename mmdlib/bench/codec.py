@@ -23,9 +23,10 @@ import torch
 from ..anchors import OPUS_INSTALL, opus_available, opus_roundtrip
 from ..codec import Codec
 from ..data import make_dataset
+from ..evaluate import evaluate_codec
 from ..metrics import bitrate, mel_distance, si_snr, visqol
 from ..params import resolve
-from ..train_codec import evaluate_codec, train_codec, train_preset
+from ..train_codec import train_codec, train_preset
 from .common import peak_rss_mib, report
 
 SUPERTUX = "data/external/supertux"

@@ -21,9 +21,10 @@ import torch
 
 from ..codec import Codec
 from ..data import make_dataset
-from ..mmd import MMDConfig
+from ..evaluate import evaluate_codec
 from ..layout import codec_name
-from ..train_codec import evaluate_codec, train_codec, train_preset
+from ..mmd import MMDConfig
+from ..train_codec import train_codec, train_preset
 from .common import peak_rss_mib, report
 
 KEYS = ("nmi_delay", "nmi_lag0", "mmd", "mmd_normalized", "visqol", "mel_distance", "sisnr_db", "usage_perplexity_ratio_min")
