@@ -5,6 +5,7 @@ weight λ of a codec, an LM's pattern), reads and writes under `cfg.layout` (mmd
 reloads instead of recomputing what an earlier call finished:
 
     train_codec_run(cfg, lam)          01: train (or resume, or reload) the codec of weight λ
+    reconstruct_run(cfg, lam, clips)   01: its reconstructions of some clips, saved, with their scores
     tokens(cfg, lam, split)            02/03: the codes of the train/valid clips, cached
     dependence_run(cfg, lam)           02: MI/NMI of the codes, MMD² and permutation tests
     train_lm_run(cfg, lam, pattern)    03: one LM per (codec, pattern)
@@ -40,12 +41,18 @@ def read_json(path: Path, how: str = "") -> dict:
         raise PipelineError(f"{path} is missing" + (f": {how}" if how else ""))
     return json.loads(path.read_text())
 
+
 # ----------------------------------------------------------------------------------------------
 # Data and codecs
 
 
 def sample_rate(cfg: PipelineConfig) -> int:
     return codec_preset(TRAIN_PRESETS[cfg.codec_preset].preset).sample_rate
+
+
+def data_source(cfg: PipelineConfig) -> str:
+    """"synthetic", or the data folder as an absolute path (make_dataset's and the training config's `data`)."""
+    return "synthetic" if cfg.data == "synthetic" else str(resolve(cfg.data))
 
 
 def data_cache_dir(cfg: PipelineConfig) -> str | None:
@@ -56,8 +63,8 @@ def data_cache_dir(cfg: PipelineConfig) -> str | None:
 
 def dataset(cfg: PipelineConfig, split: str, n_items: int, seconds: float | None = None):
     """Clips `1 n` of the pipeline's data; folder valid/test splits are cut to `n_items`."""
-    ds = make_dataset(str(resolve(cfg.data)) if cfg.data != "synthetic" else "synthetic", split,
-                      sample_rate(cfg), seconds or cfg.clip_seconds, n_items, cfg.seed, data_cache_dir(cfg))
+    ds = make_dataset(data_source(cfg), split, sample_rate(cfg), seconds or cfg.clip_seconds, n_items, cfg.seed,
+                      data_cache_dir(cfg))
     if len(ds) > n_items:
         ds = torch.utils.data.Subset(ds, range(n_items))
     return ds
@@ -70,8 +77,7 @@ def codec_train_config(cfg: PipelineConfig, lam: float):
     --preset tiny --set steps=600 mmd_weight=100` trains the notebooks' λ = 100 codec."""
     base = TRAIN_PRESETS[cfg.codec_preset]
     over = dict(mmd_weight=float(lam), mmd=dataclasses.replace(base.mmd, align=cfg.align), seed=cfg.seed,
-                device=cfg.device, data=str(resolve(cfg.data)) if cfg.data != "synthetic" else "synthetic",
-                cache_dir=data_cache_dir(cfg))
+                device=cfg.device, data=data_source(cfg), cache_dir=data_cache_dir(cfg))
     for name, value in (("steps", cfg.codec_steps), ("mmd_start", cfg.codec_mmd_start),
                         ("eval_every", cfg.codec_eval_every)):
         if value is not None:
