@@ -236,3 +236,14 @@ def test_lm_run_resumes_and_refuses_other_configs(tmp_path):
         stages.train_lm_run(dataclasses.replace(cfg, lm_steps=3), 0, "delay")
     # the token cache is a plain tensor, readable by the train_lm command line
     assert torch.load(cfg.layout.tokens(0, "train")).shape == (4, 3, 20)
+
+
+def test_notebook_params_reads_the_parameters_cell(tmp_path):
+    """The notebook's globals: preset and PipelineConfig fields are taken (None keeps the preset's
+    value), anything else in the namespace is not a parameter."""
+    ns = {"preset": "smoke", "run_dir": str(tmp_path), "lambdas": "0,10", "codec_steps": None, "In": [], "x": 1}
+    P = params.notebook_params("00_data", ns)
+    smoke = params.PIPELINE_PRESETS["smoke"]
+    assert (P.lambdas, P.codec_steps, P.run_dir, P.n_gen) == ((0.0, 10.0), smoke.codec_steps, str(tmp_path), smoke.n_gen)
+    with pytest.raises(PipelineError, match="seed=-1"):
+        params.notebook_params("00_data", ns | {"seed": -1})
