@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", help="where the two runs live (default: a temporary folder)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--estimator", default="unbiased", choices=("unbiased", "expected"),
+                   help="MMD estimator of the λ > 0 codec's loss (expected: shuffle-free; its run gets a suffix)")
     p.add_argument("--raw-distance", action="store_true",
                    help="train with raw MMD distances, as the reference (the tiny preset normalises them by K·D)")
     args = p.parse_args(argv)
@@ -64,13 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="mmdlib-bench-independence-"))
 
     result = {"data": args.data, "steps": base.steps, "lambda": lam, "align": args.align,
-              "raw_distance": args.raw_distance}
+              "estimator": args.estimator, "raw_distance": args.raw_distance}
     rows = []
     for name, weight in (("lambda0", 0.0), ("lambda", lam)):
-        mmd = dataclasses.replace(base.mmd, align=args.align,  # λ = 0: the same baseline for every variant
+        variant = bool(weight) and args.estimator != "unbiased"  # λ = 0: the same baseline for every variant
+        mmd = dataclasses.replace(base.mmd, align=args.align, estimator=args.estimator if variant else "unbiased",
                                   normalize_distance=base.mmd.normalize_distance and not (args.raw_distance and weight))
         cfg = dataclasses.replace(base, mmd_weight=weight, mmd=mmd)
-        out = run_dir / codec_name(weight, args.align)  # the notebooks' layout
+        out = run_dir / (codec_name(weight, args.align) + (f"_{args.estimator}" if variant else ""))  # notebooks' layout
         final = train_codec(cfg, out)["history"][-1]
         result[name] = {k: v for k, v in held_out(Codec.load(out / "codec.pt"), cfg).items() if k in KEYS}
         result[name]["train_seconds"] = final["seconds"]  # of the session that finished the run
