@@ -62,6 +62,14 @@ class RunDirLocked(RuntimeError):
     """Another training holds the run directory."""
 
 
+MAX_SEED = 2**31  # run seeds are mixed into batch seeds below; larger ones would overflow torch's 64-bit seeds
+
+
+def valid_seed(seed) -> bool:
+    """A run seed the training loops accept: an int (not a bool) in 0..MAX_SEED-1."""
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < MAX_SEED
+
+
 def batch_seed(seed: int, step: int, rank: int) -> int:
     """Seed of what `rank` draws at `step` (its batch): batches are a pure function of (seed, step,
     rank), so resuming needs no data-loader state."""

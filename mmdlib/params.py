@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import MAX_SEED, valid_seed
 from .layout import RunLayout
 from .lm import LM_PRESETS
 from .mmd import ALIGNS
@@ -193,9 +194,6 @@ def _check_positive(name: str, value, allow_none: bool = True, kind=int):
     return kind(value)
 
 
-MAX_SEED = 2**31  # seeds are mixed into batch seeds (checkpoint.batch_seed) that must fit 64 bits
-
-
 def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfig:
     """Resolve notebook parameters into a PipelineConfig, or stop with a PipelineError.
 
@@ -228,8 +226,7 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
     for name in ("clip_seconds", "gen_seconds", "temperature"):
         if name in over:
             over[name] = _check_positive(name, over[name], allow_none=False, kind=float)
-    if "seed" in over and (isinstance(over["seed"], bool) or not isinstance(over["seed"], int)
-                           or not 0 <= over["seed"] < MAX_SEED):
+    if "seed" in over and not valid_seed(over["seed"]):
         raise PipelineError(f"seed={over['seed']!r}: expected an integer in 0..{MAX_SEED - 1}")
     cfg = dataclasses.replace(base, **over)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from .checkpoint import (CHECKPOINT, RUN_NEUTRAL, all_rng_states, batch_seed, check_resume, check_same_config,
-                         load_checkpoint, locks_run_dir, restore_rng_states, save_checkpoint)
+                         load_checkpoint, locks_run_dir, restore_rng_states, save_checkpoint, valid_seed)
 from .codec import Codec, CodecConfig, codec_preset
 from .data import make_dataset
 from .discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
@@ -93,7 +93,7 @@ class CodecTrainConfig:
         for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+        if not valid_seed(self.seed):
             raise ValueError(f"training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
         if self.segment_seconds <= 0:
             raise ValueError(f"training parameter segment_seconds={self.segment_seconds} must be > 0")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import distributed as ddp
 from .checkpoint import (CHECKPOINT, all_rng_states, batch_seed, check_resume, load_checkpoint, locks_run_dir,
-                         restore_rng_states, save_checkpoint)
+                         restore_rng_states, save_checkpoint, valid_seed)
 from .lm import LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
 
 
@@ -53,7 +53,7 @@ class LMTrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+        if not valid_seed(self.seed):
             raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
         if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
