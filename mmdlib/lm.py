@@ -1,4 +1,4 @@
-"""A decoder-only transformer over codebook interleaving patterns, its evaluation and sampling.
+"""A decoder-only transformer over codebook interleaving patterns, its loss and evaluation (sampling: `sampling.py`).
 
 The codes `b k t` of a codec are laid out by a pattern (see `patterns.py`) on `j` slots x `s`
 steps: `seq [b, j, s]`. The model reads step s-1 (a BOS step before step 0) and predicts all
@@ -194,10 +194,11 @@ class TokenLM(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "TokenLM":
-        """The model of a train_lm checkpoint (run_dir/checkpoint.pt), in eval mode on map_location."""
+        """The model of a train_lm checkpoint (run_dir/checkpoint.pt), in eval mode on map_location:
+        its best state on held-out data when the run kept one (early stopping), else its last."""
         state = load_checkpoint(path, "lm")
         model = cls(LMConfig.from_dict(state["config"]["model"]))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
         return model.to(map_location).eval()
 
     # The pattern-dependent index tables of the steps `at` = start..end-1, [j, s] long each.
@@ -260,21 +261,26 @@ class TokenLM(nn.Module):
             out[:, :, at] = torch.einsum("bsd,jvd->bjsv", h[:, at], self.head(col))
         return out
 
-    def step(self, tokens: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
-             cond_vec: torch.Tensor | None = None) -> torch.Tensor:
-        """The model at steps start..start+s-1 of `pat` (on the model's device): the tokens
-        [b, j, s] read there -> logits [b, j, s, v] of those steps' cells. With a KV cache, the steps
-        before `start` come from the cache: `generate` calls this one step (s = 1) at a time,
-        `forward` on whole sequences. cond_vec: cond_vector() of the labels, [b, 1, d], or None.
-
-        A step's embedding: sum over slots of the token's row in its codebook's table, plus the
-        rows of the codebooks due in its slots, plus the class."""
+    def hidden(self, tokens: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
+               cond_vec: torch.Tensor | None = None) -> torch.Tensor:
+        """The trunk at steps start..start+s-1 of `pat`: the tokens [b, j, s] read there -> hidden
+        states [b, s, d] (what the heads, and a depth head, read). A step's embedding: sum over
+        slots of the token's row in its codebook's table, plus the rows of the codebooks due in
+        its slots, plus the class. cond_vec: cond_vector() of the labels, [b, 1, d], or None."""
         at = slice(start, start + tokens.shape[-1])
         x = (F.embedding(tokens + self.in_index(pat, at), self.tok_emb.weight).sum(1)     # [b, s, d]
              + F.embedding(self.due_index(pat, at), self.due_emb.weight).sum(0))
         if cond_vec is not None:
             x = x + cond_vec
-        return self.logits(self.body(x, start, cache), pat.columns[at])
+        return self.body(x, start, cache)
+
+    def step(self, tokens: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
+             cond_vec: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [b, j, s, v] of the cells of steps start..start+s-1 (see `hidden`). With a KV
+        cache, the steps before `start` come from the cache: `generate` calls this one step (s = 1)
+        at a time, `forward` on whole sequences."""
+        at = slice(start, start + tokens.shape[-1])
+        return self.logits(self.hidden(tokens, pat, start, cache, cond_vec), pat.columns[at])
 
     def forward(self, inputs: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
                 cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -305,12 +311,28 @@ def sequence_nll(net: nn.Module, codes: torch.Tensor, cond: torch.Tensor | None 
     return F.cross_entropy(logits[v], seq[v], reduction="sum"), codes.numel()
 
 
+def windows(tokens: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Codes [n, k, t] -> the non-overlapping windows [n m, k, window] (m = t // window; a shorter
+    tail is dropped): scoring at the training crop length, each window from its own start, as the
+    LM saw its crops. None: the clips as they are."""
+    if window is None or window >= tokens.shape[-1]:
+        return tokens
+    if window < 1:
+        raise ValueError(f"window={window} must be >= 1 frame")
+    m = tokens.shape[-1] // window
+    return rearrange(tokens[..., : m * window], "n k (m w) -> (n m) k w", w=window)
+
+
 @torch.no_grad()
 def nll_sum(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16,
-            cond: torch.Tensor | None = None) -> tuple[float, int]:
-    """tokens [n, k, t] -> (summed NLL in nats over all codes, number of frames n t)."""
+            cond: torch.Tensor | None = None, window: int | None = None) -> tuple[float, int]:
+    """tokens [n, k, t] -> (summed NLL in nats over all codes, number of frames scored), each
+    clip scored in windows of `window` frames (None: whole)."""
     if tokens.ndim != 3 or tokens.shape[1] != model.cfg.n_q:
         raise ValueError(f"tokens: expected [n, {model.cfg.n_q}, t], got {list(tokens.shape)}")
+    if cond is not None and window is not None and window < tokens.shape[-1]:
+        cond = cond.repeat_interleave(tokens.shape[-1] // window)
+    tokens = windows(tokens, window)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -323,93 +345,35 @@ def nll_sum(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16,
 
 
 def evaluate_bits_per_frame(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16,
-                            cond: torch.Tensor | None = None) -> float:
-    """Held-out NLL in bits per frame: sum over the K codes of a frame, mean over frames.
+                            cond: torch.Tensor | None = None, window: int | None = None) -> float:
+    """Held-out NLL in bits per frame: sum over the K codes of a frame, mean over frames, in
+    windows of `window` frames (None: whole clips).
 
     Every code of every frame is counted once, whatever the pattern, so patterns compare."""
-    nats, frames = nll_sum(model, tokens, batch_size, cond)
+    nats, frames = nll_sum(model, tokens, batch_size, cond, window)
     return nats / math.log(2) / frames
 
 
-# ---------------------------------------------------------------------------------------------
-# Sampling
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse sampling settings that would silently sample garbage (a negative temperature samples
-    the least likely tokens) or fail obscurely deep in the loop."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0: greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be an integer >= 1 or None")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1] or None")
-
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [..., v] -> sampled ids [...]. temperature 0 is greedy (argmax)."""
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        srt, idx = logits.sort(-1, descending=True)
-        p = srt.softmax(-1)
-        drop = p.cumsum(-1) - p > top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
-
-
-@torch.inference_mode()
-def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-             cond: torch.Tensor | None = None, cfg_coef: float | None = None) -> torch.Tensor:
-    """Sample codes [b, k, t] (t = n_frames) step by step with a pre-allocated KV cache.
-
-    cond: class labels [b] (conditional models). cfg_coef: classifier-free guidance,
-    logits = null + cfg_coef (cond - null), computed on a doubled batch."""
-    cfg = model.cfg
-    if n_frames < 1 or batch_size < 1:
-        raise ValueError(f"n_frames={n_frames} and batch_size={batch_size} must be >= 1")
-    check_sampling(temperature, top_k, top_p)
+@torch.no_grad()
+def bits_per_codebook(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16, window: int | None = None) -> torch.Tensor:
+    """Held-out bits per code of each codebook [k] (in windows of `window` frames): where a
+    pattern's bits go. They sum to evaluate_bits_per_frame; a joint pattern (flatten) gains over a
+    factorised one (parallel) on the codebooks it predicts after others of the same frame."""
+    if tokens.ndim != 3 or tokens.shape[1] != model.cfg.n_q:
+        raise ValueError(f"tokens: expected [n, {model.cfg.n_q}, t], got {list(tokens.shape)}")
+    if model.cfg.n_classes:
+        raise ValueError("bits_per_codebook: class-conditional LMs are not supported (use nll_sum with cond)")
+    tokens = windows(tokens, window)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pat = model.make_pattern(n_frames).to(device)
-    n_steps = pat.n_steps
-    if n_steps > cfg.max_steps:
-        raise ValueError(f"n_frames={n_frames} needs {n_steps} steps > LMConfig.max_steps={cfg.max_steps}")
-    guided = cfg_coef is not None
-    if guided and model.cond_emb is None:
-        raise ValueError("cfg_coef given but LMConfig.n_classes == 0 (unconditional model)")
-    if cond is not None:
-        cond = cond.to(device)
-        if cond.shape != (batch_size,):
-            raise ValueError(f"cond: expected labels of shape [{batch_size}], got {list(cond.shape)}")
-    if guided:
-        null = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        cond = torch.cat([null if cond is None else cond, null])
-    rows = 2 * batch_size if guided else batch_size
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    cond_vec = model.cond_vector(cond, rows, device)                        # [rows, 1, d] or None
-    pad = torch.full((batch_size, pat.n_slots), cfg.pad, device=device)
-    valid = pat.valid.T                                                     # [s, j]
-    cache = KVCache(cfg, rows, n_steps, device, model.heads.dtype)
-    out = torch.empty(batch_size, pat.n_slots, n_steps, dtype=torch.long, device=device)
-    tokens = torch.full((rows, pat.n_slots, 1), cfg.bos, dtype=torch.long, device=device)
-    for s in range(n_steps):
-        logits = model.step(tokens, pat, s, cache, cond_vec)[:, :, 0]      # [rows, j, v]
-        if guided:
-            c, u = logits.chunk(2)
-            logits = u + cfg_coef * (c - u)
-        nxt = torch.where(valid[s], sample_logits(logits, temperature, top_k, top_p, gen), pad)
-        out[:, :, s] = nxt
-        tokens = (torch.cat([nxt, nxt]) if guided else nxt)[..., None]
+    pat = model.make_pattern(tokens.shape[-1]).to(device)
+    total = torch.zeros(model.cfg.n_q, dtype=torch.float64)
+    for i in range(0, len(tokens), batch_size):
+        seq = pat.build(tokens[i : i + batch_size].to(device), model.cfg.pad)      # [b, j, s]
+        logits = model(model.shift_right(seq), pat)                               # [b, j, s, v]
+        nll = F.cross_entropy(logits.flatten(0, 2), seq.masked_fill(~pat.valid, 0).flatten(), reduction="none")
+        nll = nll.view(seq.shape) * pat.valid
+        total += pat.revert(nll).sum((0, 2)).double().cpu()                      # [k]: each code once
     model.train(was_training)
-    return pat.revert(out)
+    return (total / math.log(2) / (tokens.shape[0] * tokens.shape[-1])).float()

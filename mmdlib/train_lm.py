@@ -41,6 +41,8 @@ class LMTrainConfig:
     grad_clip: float = 1.0
     seq_frames: int = 100        # random crops of this many frames
     eval_every: int = 200
+    patience: int = 0            # early stopping: evaluations without a better held-out loss before
+                                 # training stops (0: never); the best state is kept either way
     eval_batch_size: int = 16
     ckpt_every: int = 500
     seed: int = 0
@@ -55,6 +57,8 @@ class LMTrainConfig:
                 raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
         if not valid_seed(self.seed):
             raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"LM training parameter patience={self.patience!r} must be an integer >= 0")
         if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
                              f"got {self.warmup}, {self.lr}, {self.min_lr_ratio}")
@@ -120,13 +124,14 @@ def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int)
         raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
 
 
-def _save(path: Path, model, opt, sched, step: int, history: list[dict], config: dict):
-    """Collective under DDP (gathers every rank's RNG states); rank 0 writes."""
+def _save(path: Path, model, opt, sched, step: int, history: list[dict], config: dict, best: dict | None):
+    """Collective under DDP (gathers every rank's RNG states); rank 0 writes. best: {"step",
+    "bits", "model", "stopped"}: the state with the lowest held-out loss so far."""
     rng = all_rng_states()
     if ddp.is_main():
         save_checkpoint(path, {"kind": "lm", "model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
-                               "config": config})
+                               "config": config, "best": best})
 
 
 def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
@@ -144,7 +149,11 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
     stop_after: stop once this many steps are done (to simulate an interruption).
     history: one row per step, {"step", "loss" (mean nats per code), "lr"}, plus
-    "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step).
+    "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step): the
+    held-out clips scored in windows of seq_frames, the length the model trains on.
+    Early stopping: the state with the lowest held-out loss is kept (checkpoint key "best"; the
+    returned model and TokenLM.load use it); with patience > 0, training stops after that many
+    evaluations without improvement.
     The run holds run_dir/train.lock; resuming checks the configuration (checkpoint.check_resume:
     only device, progress, eval_batch_size, ckpt_every and a `steps` not below the checkpoint's
     step may change)."""
@@ -164,7 +173,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     model = TokenLM(lm_cfg).to(device)
     opt = make_optimizer(model, train_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, train_cfg))
-    step, history = 0, []
+    step, history, best = 0, [], None
     found = next((p for p in (ckpt, run_dir / "ckpt.pt") if p.is_file()), None)  # ckpt.pt: its former name
     if found is not None:
         state = load_checkpoint(found, "lm")
@@ -172,17 +181,17 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        step, history = state["step"], state["history"]
+        step, history, best = state["step"], state["history"], state.get("best")
         restore_rng_states(state["rng"])
         if found != ckpt:  # carried over to the new name and layout
-            _save(ckpt, model, opt, sched, step, history, config)
+            _save(ckpt, model, opt, sched, step, history, config, best)
     ddp.allow_tf32(device, train_cfg.amp)
     net = ddp.wrap_ddp(model, device)
     valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
 
     def evaluate() -> float:
         lab = None if labels_valid is None else labels_valid[valid_items]
-        nats, frames = nll_sum(model, tokens_valid[valid_items], train_cfg.eval_batch_size, lab)
+        nats, frames = nll_sum(model, tokens_valid[valid_items], train_cfg.eval_batch_size, lab, train_cfg.seq_frames)
         tot = torch.tensor([nats, frames], dtype=torch.float64, device=device)
         if ddp.is_distributed():
             dist.all_reduce(tot)
@@ -191,7 +200,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     end = train_cfg.steps if stop_after is None else min(train_cfg.steps, stop_after)
     bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and ddp.is_main()), desc="lm")
     model.train()
-    while step < end:
+    while step < end and not (best and best["stopped"]):
         codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
         with ddp.autocast(device, train_cfg.amp):  # bf16 forward when amp
             nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
@@ -211,11 +220,18 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         bar.set_postfix(loss=f"{loss_value:.3f}")
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
             row["valid_bits_per_frame"] = bpf = evaluate()
+            if best is None or bpf < best["bits"]:
+                best = {"step": step, "bits": bpf, "stopped": False,
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            evals_since = sum(1 for r in history if "valid_bits_per_frame" in r and r["step"] > best["step"])
+            best["stopped"] = bool(train_cfg.patience) and evals_since >= train_cfg.patience
             if train_cfg.progress and ddp.is_main():
-                bar.write(f"step {step}: valid {bpf:.3f} bits/frame")
-        if step % train_cfg.ckpt_every == 0 or step == end:
-            _save(ckpt, net, opt, sched, step, history, config)
+                bar.write(f"step {step}: valid {bpf:.3f} bits/frame" + (" (stopping early)" if best["stopped"] else ""))
+        if step % train_cfg.ckpt_every == 0 or step == end or (best and best["stopped"]):
+            _save(ckpt, net, opt, sched, step, history, config, best)
     bar.close()
+    if best is not None:
+        model.load_state_dict(best["model"])
     return model, history
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mmdlib.checkpoint import CheckpointError, RunDirLocked, run_lock, use_previous
-from mmdlib.lm import (KVCache, LMConfig, TokenLM, evaluate_bits_per_frame, generate, lm_config, nll_sum,
-                       sample_logits, sequence_nll)
+from mmdlib.lm import KVCache, LMConfig, TokenLM, bits_per_codebook, evaluate_bits_per_frame, lm_config, nll_sum, sequence_nll, windows
 from mmdlib.patterns import PATTERNS
+from mmdlib.sampling import generate, sample_logits
 from mmdlib.train_lm import LMTrainConfig, get_batch, lr_factor, train_lm
 
 V = 11
@@ -115,13 +115,15 @@ def test_bits_per_frame_accounting(name):
     pat, codes, _, inp = random_inputs(model, T=4, b=3, seed=1)
     with torch.no_grad():
         logp = model(inp, pat).log_softmax(-1)                      # [b, j, s, v]
-    nats = 0.0
+    per_k = [0.0] * model.cfg.n_q
     for s, step in enumerate(pat.steps):
         for k, t in step:
             j = int((pat.frame[:, s] == t).logical_and(pat.codebook[:, s] == k).nonzero())
-            nats -= logp[:, j, s, codes[:, k, t]].diagonal().sum().item()
-    want = nats / math.log(2) / (3 * 4)
+            per_k[k] -= logp[:, j, s, codes[:, k, t]].diagonal().sum().item()
+    want = sum(per_k) / math.log(2) / (3 * 4)
     assert evaluate_bits_per_frame(model, codes, batch_size=2) == pytest.approx(want, rel=1e-5)
+    by_k = bits_per_codebook(model, codes, batch_size=2)          # where the bits go, codebook by codebook
+    assert by_k.tolist() == pytest.approx([n / math.log(2) / (3 * 4) for n in per_k], rel=1e-5)
     # analytic value: an all-zero head predicts uniformly, K log2(v) bits per frame
     with torch.no_grad():
         model.heads.zero_()
@@ -345,3 +347,31 @@ def test_paper_lm_preset_trains_and_generates_on_cpu(tmp_path):
     assert history[-1]["valid_bits_per_frame"] == pytest.approx(44.0, abs=3.0)
     codes = generate(TokenLM.load(tmp_path / "checkpoint.pt"), n_frames=6, batch_size=2)
     assert codes.shape == (2, 4, 6) and 0 <= int(codes.min()) and int(codes.max()) < 2048
+
+
+def test_windows_cut_clips_at_the_training_length():
+    codes = torch.arange(2 * 3 * 25).view(2, 3, 25)
+    w = windows(codes, 10)                                   # 2 windows per clip, the 5-frame tail dropped
+    assert w.shape == (4, 3, 10)
+    assert torch.equal(w[1], codes[0, :, 10:20]) and torch.equal(w[2], codes[1, :, :10])
+    assert windows(codes, None) is codes and windows(codes, 25) is codes
+
+
+def test_early_stopping_keeps_the_best_state(tmp_path):
+    """Two random training clips: the LM over-fits them, the held-out loss turns up, training stops
+    `patience` evaluations after the best one, and the returned model, the checkpoint's and a rerun
+    are that best state."""
+    torch.manual_seed(0)
+    train, valid = torch.randint(0, 8, (2, 2, 20)), torch.randint(0, 8, (16, 2, 20))
+    lm_cfg = lm_config("tiny", n_q=2, codebook_size=8, dim=32, n_layers=1, n_heads=2, pattern="delay")
+    tcfg = LMTrainConfig(steps=400, batch_size=4, lr=1e-2, warmup=1, seq_frames=10, eval_every=10, patience=2,
+                         ckpt_every=1000, progress=False)
+    model, hist = train_lm(train, valid, lm_cfg, tcfg, tmp_path)
+    evals = [(r["step"], r["valid_bits_per_frame"]) for r in hist if "valid_bits_per_frame" in r]
+    best_step, best_bits = min(evals, key=lambda e: e[1])
+    assert hist[-1]["step"] < tcfg.steps and hist[-1]["step"] == best_step + 2 * tcfg.eval_every
+    assert evaluate_bits_per_frame(model, valid, window=10) == pytest.approx(best_bits, rel=1e-5)
+    loaded = TokenLM.load(tmp_path / "checkpoint.pt")
+    assert evaluate_bits_per_frame(loaded, valid, window=10) == pytest.approx(best_bits, rel=1e-5)
+    _, again = train_lm(train, valid, lm_cfg, tcfg, tmp_path)   # a stopped run stays stopped
+    assert len(again) == len(hist)
