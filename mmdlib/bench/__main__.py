@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("codec", "mmd", "hsic", "independence", "generate")
+BENCHMARKS = ("codec", "mmd", "hsic", "independence", "generate", "gap")
 
 
 def main() -> None:

@@ -2,11 +2,13 @@
 
     python -m mmdlib.bench generate [--frames 250] [--repeats 3] [--checkpoint runs/lm/checkpoint.pt]
 
-Times `lm.generate` for each pattern with the same transformer (the `tiny` preset, random init
+Times `sampling.generate` for each pattern with the same transformer (the `tiny` preset, random init
 unless a checkpoint is given: its weights are used for its own pattern, its config for all).
 Reports the min over repeats (the CPU may be shared), the flatten / delay time ratio (the step
-ratio K T / (T + K - 1) is its ceiling, ~4 for K = 4, T = 250) and the delay time for 4x the
-frames over 1x (linear in steps with a cache, plus a small O(s) attention term per step).
+ratio K T / (T + K - 1) is its ceiling, ~4 for K = 4, T = 250), the joint model in T steps
+(`depth`: the parallel trunk with a depth head of DEPTH_PRESETS[--depth-preset], mmdlib.depth)
+over delay (`depth_over_delay`, goal <= 1.5) and the delay time for 4x the frames over 1x (linear
+in steps with a cache, plus a small O(s) attention term per step).
 """
 from __future__ import annotations
 
@@ -17,16 +19,22 @@ import time
 
 import torch
 
-from ..lm import TokenLM, generate, lm_config
+from ..depth import DEPTH_PRESETS, DepthHead, generate_depth
+from ..lm import TokenLM, lm_config
+from ..sampling import generate
 from ..patterns import PATTERNS
 
 
-def time_generation(model: TokenLM, n_frames: int, repeats: int) -> float:
-    generate(model, min(n_frames, 8))  # warm-up (allocator, kernels)
+def time_generation(model: TokenLM, n_frames: int, repeats: int, head: DepthHead | None = None) -> float:
+    """Min wall seconds over repeats of sampling n_frames (batch 1); with a head: trunk + depth head."""
+    def sample(n, seed):
+        return generate(model, n, seed=seed) if head is None else generate_depth(model, head, n, seed=seed)
+
+    sample(min(n_frames, 8), 0)  # warm-up (allocator, kernels)
     best = float("inf")
     for r in range(repeats):
         t0 = time.perf_counter()
-        generate(model, n_frames, batch_size=1, seed=r)
+        sample(n_frames, r)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -38,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scale", type=int, default=4, help="cache scaling: frames x scale vs frames (delay)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--patterns", default=",".join(PATTERNS))
+    p.add_argument("--patterns", default=",".join(PATTERNS) + ",depth", help="'depth': parallel trunk + depth head")
+    p.add_argument("--depth-preset", default="tiny", choices=sorted(DEPTH_PRESETS))
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads (per-step ops are tiny)")
     p.add_argument("--device", default="cpu")
@@ -62,9 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"v={base.codebook_size}, min of {a.repeats}")
     print(f"{'pattern':<14}{'steps':>7}{'seconds':>10}{'ms/step':>9}")
     for name in a.patterns.split(","):
-        model = model_for(name)
+        model = model_for("parallel" if name == "depth" else name)
+        head = None
+        if name == "depth":
+            torch.manual_seed(0)
+            head = DepthHead(model, DEPTH_PRESETS[a.depth_preset]).to(a.device)
         steps = model.make_pattern(a.frames).n_steps
-        sec = time_generation(model, a.frames, a.repeats)
+        sec = time_generation(model, a.frames, a.repeats, head)
         result["patterns"][name] = {"seconds": round(sec, 4), "steps": steps}
         print(f"{name:<14}{steps:>7}{sec:>10.3f}{1000 * sec / steps:>9.3f}")
 
@@ -73,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["flatten_over_delay"] = round(pats["flatten"]["seconds"] / pats["delay"]["seconds"], 3)
         result["step_ratio"] = round(pats["flatten"]["steps"] / pats["delay"]["steps"], 3)
         print(f"flatten / delay: {result['flatten_over_delay']:.2f}x time, {result['step_ratio']:.2f}x steps")
+    if "depth" in pats and "delay" in pats:
+        result["depth_over_delay"] = round(pats["depth"]["seconds"] / pats["delay"]["seconds"], 3)
+        print(f"depth / delay: {result['depth_over_delay']:.2f}x time (T trunk steps + K head steps per frame)")
     delay = model_for("delay")
     one = pats["delay"]["seconds"] if "delay" in pats else time_generation(delay, a.frames, a.repeats)
     many = time_generation(delay, a.frames * a.scale, a.repeats)
