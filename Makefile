@@ -44,14 +44,11 @@ bench: setup
 	$(BIN)/python -m mmdlib.bench mmd
 	$(BIN)/python -m mmdlib.bench generate
 
-# the λ sweep of the report (issue 6): synthetic + supertux music, 2 seeds, 5 codecs x 3 LMs each;
-# 37 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
-SUPERTUX := data/external/supertux
-experiment: setup $(SUPERTUX)
+# the λ sweep of the README's results: synthetic music, 4 seeds, 3 codecs x (3 LMs + depth heads) each;
+# about 105 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
+# Real music: bash scripts/get_supertux_music.sh, then python -m mmdlib.experiment all --data data/external/supertux
+experiment: setup
 	$(BIN)/python -m mmdlib.experiment all --preset $(PRESET) $(if $(filter cuda%,$(DEVICE)),--device $(DEVICE))
-
-$(SUPERTUX):
-	bash scripts/get_supertux_music.sh $@
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

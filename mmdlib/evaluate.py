@@ -55,6 +55,7 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig
         "usage_perplexity_ratio_min": usage["ratio"].min().item(),
         "nmi_lag0": float(dep["nmi_lag0"]),
         "nmi_delay": float(dep["nmi_delay"]),
+        "code_entropy_bits": float(dep["entropy_mean"]),   # mean over codebooks: collapse shows here
         **{key: mmd_independence(streams, c, seed=seed).item() for key, c in mmd_cfgs.items()},
     }
     if scores:

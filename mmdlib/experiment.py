@@ -38,31 +38,32 @@ from .fad import embed_audio, fad, get_embedder
 from .layout import write_json
 from .params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
 from .report import add_gap, aggregate, report_markdown
-from .stages import codec_train_config, dataset, generate_run, load_codec, sample_rate, train_codec_run, train_lm_run
+from .stages import (DEPTH_TRUNK, codec_train_config, dataset, depth_run, generate_run, load_codec, models, sample_rate,
+                     train_codec_run, train_lm_run)
 from .train_codec import fork_checkpoint, train_codec
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    lambdas: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0)  # delay-aligned MMD weights (0: the baseline)
-    lambdas_nonaligned: tuple[float, ...] = (100.0,)          # MMD on lag-0 tuples (no delay alignment)
-    seeds: tuple[int, ...] = (0, 1)
-    datasets: tuple[str, ...] = ("synthetic", "data/external/supertux")
-    # other λ grids per data set (by data_tag): supertux's MMD is ~10x the synthetic one's, and its
-    # tiny codec collapses at λ = 100 (one codebook left unused)
-    per_data: dict = field(default_factory=lambda: {
-        "supertux": {"lambdas": (0.0, 3.0, 10.0, 30.0), "lambdas_nonaligned": (10.0,)}})
-    embedders: dict = field(default_factory=lambda: {"logmel": {}, "crepe": {"hop_length": 640}})
+    lambdas: tuple[float, ...] = (0.0, 100.0, 1000.0)   # delay-aligned MMD weights (0: the baseline)
+    lambdas_nonaligned: tuple[float, ...] = ()           # MMD on lag-0 tuples (no delay alignment)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)                # codec seeds: paired differences against λ = 0
+    datasets: tuple[str, ...] = ("synthetic",)
+    # other λ grids per data set (by data_tag), e.g. {"supertux": {"lambdas": (0.0, 10.0, 30.0)}}
+    per_data: dict = field(default_factory=dict)
+    embedders: dict = field(default_factory=lambda: {"logmel": {}})
     n_visqol: int = 8                # held-out clips scored with ViSQOL per codec (~0.5 s of CPU each)
     # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
+    # LMs: up to 1,000 steps, early stopping on the valid clips (evaluated every 100 steps, patience 2),
+    # 1,024 fresh training clips (the former 256 were over-fitted within 2,000 steps)
     pipeline: PipelineConfig = PipelineConfig(
-        codec_steps=500, codec_mmd_start=333, codec_eval_every=250, lm_preset="small", lm_steps=300, lm_warmup=60,
-        lm_eval_every=300, n_gen=8,
+        codec_steps=600, codec_mmd_start=300, codec_eval_every=300, lm_preset="small", lm_steps=1000, lm_warmup=60,
+        lm_eval_every=100, lm_patience=2, n_token_train=1024, n_gen=8,
         threads=None, run_dir="runs/sweep", fig_dir="figures/sweep")
 
 
 SWEEP_PRESETS: dict[str, SweepConfig] = {
-    # both data sets x 2 seeds x 5 codecs x 3 LMs on a 2-core CPU in 37 minutes (`make experiment`)
+    # synthetic music x 4 seeds x 3 codecs x (3 LMs + depth heads) on a 2-core CPU in about 105 minutes (`make experiment`)
     "tiny": SweepConfig(),
     # the plumbing only, in a minute or two: numbers mean nothing
     "smoke": SweepConfig(lambdas=(0.0, 10.0), seeds=(0,), datasets=("synthetic",), per_data={},
@@ -70,7 +71,7 @@ SWEEP_PRESETS: dict[str, SweepConfig] = {
                          pipeline=dataclasses.replace(PIPELINE_PRESETS["smoke"], n_gen=2, threads=None,
                                                       run_dir="runs/sweep_smoke", fig_dir="runs/sweep_smoke/figures")),
     # GPU: the paper's codec and LM presets, λ around the paper's 1000
-    "paper": SweepConfig(lambdas=(0.0, 100.0, 1000.0, 10000.0), lambdas_nonaligned=(1000.0,), seeds=(0, 1, 2), per_data={},
+    "paper": SweepConfig(lambdas=(0.0, 100.0, 1000.0, 10000.0), lambdas_nonaligned=(1000.0,), seeds=(0, 1, 2, 3), per_data={},
                          pipeline=dataclasses.replace(PIPELINE_PRESETS["paper"], run_dir="runs/sweep_paper",
                                                       fig_dir="figures/sweep_paper")),
 }
@@ -149,16 +150,27 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
         rows_codec.append({"codec": name, "lambda": lam, "align": c.align, **ev,
                            "kbps": codec.frame_rate * q.n_q * np.log2(q.codebook_size) / 1000,
                            **{f"fad_{k}_recon": fad(rec[k], real_emb[k]) for k in embedders}})
-        for pattern in cfg.patterns:
-            lm = train_lm_run(c, lam, pattern)
+        for pattern in models(c):  # the patterns, then `depth` when the parallel LM has a depth head
+            row = {"codec": name, "lambda": lam, "align": c.align, "pattern": pattern}
+            if pattern == "depth":  # the joint model in T steps: the parallel LM's trunk with its depth head
+                d = depth_run(c, lam, DEPTH_TRUNK)
+                row |= {"bits_per_frame": d["depth_bits"], "depth_seconds": d["seconds"]}
+            else:
+                lm = train_lm_run(c, lam, pattern)
+                row |= {"bits_per_frame": lm["bits_per_frame"], "valid_bits_per_frame": lm["valid_bits_per_frame"],
+                        "lm_best_step": lm["best_step"], "lm_train_seconds": lm["train_seconds"],
+                        **{f"bits_codebook{k + 1}": b for k, b in enumerate(lm["bits_per_codebook"])}}
+                if pattern in cfg.gap_patterns:
+                    d = depth_run(c, lam, pattern)
+                    row |= {"depth_gap_bits": d["gap_bits"], "depth_gap_se": d["gap_se"],
+                            "depth_bits": d["depth_bits"], "factorised_bits": d["factorised_bits"],
+                            "depth_gap_vs_lm_bits": d["gap_vs_lm_bits"]}
             gen = generate_run(c, lam, pattern, codec)
             wav = torch.stack([load_audio(p, sr) for p in sorted(c.layout.gen(lam, pattern).glob("sample*.wav"))])
             emb = _embed(embedders, wav, sr)
-            rows_lm.append({"codec": name, "lambda": lam, "align": c.align, "pattern": pattern,
-                            "bits_per_frame": lm["valid_bits_per_frame"], "lm_train_seconds": lm["train_seconds"],
-                            "gen_steps": gen["n_steps"], "gen_seconds_per_audio_second": gen["real_time_factor"],
-                            "gen_nmi_delay": gen["nmi_delay"],
-                            **{f"fad_{k}_gen": fad(emb[k], real_emb[k]) for k in embedders}})
+            rows_lm.append(row | {"gen_steps": gen["n_steps"], "gen_seconds_per_audio_second": gen["real_time_factor"],
+                                  "gen_nmi_delay": gen["nmi_delay"],
+                                  **{f"fad_{k}_gen": fad(emb[k], real_emb[k]) for k in embedders}})
         print(f"  {name}: evaluated, LMs trained, samples drawn", flush=True)
     add_gap(rows_lm)
     out = {"data": data, "tag": data_tag(data), "seed": seed, "config": cfg.to_dict(),
@@ -192,7 +204,7 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
             lm = train_lm_run(study, lam, pattern)
             curve = [r["valid_bits_per_frame"] for r in lm["history"] if "valid_bits_per_frame" in r]
             rows.append({"codec": cfg.layout.codec_name(lam), "lambda": lam, "pattern": pattern,
-                         "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["valid_bits_per_frame"],
+                         "lm_steps": lm_steps, "n_token_train": n_token_train, "bits_per_frame": lm["bits_per_frame"],
                          "curve": curve, "train_seconds": lm["train_seconds"]})
     add_gap(rows)
     write_json(study.run_path / "lm_study.json", {"data": data, "seed": seed, "rows": rows})
@@ -205,7 +217,7 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
 
 def report(sweep: SweepConfig) -> dict:
     """Aggregate every finished (data, seed) of the sweep into fig_dir/{results.md, results.json,
-    tradeoff.*, gap.*}."""
+    tradeoff.*, gap.*, depth_gap.*}."""
     root = resolve(sweep.pipeline.run_dir)
     runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/sweep.json"))]
     runs.sort(key=lambda r: (r["tag"] != "synthetic", r["tag"], r["seed"]))  # synthetic first
@@ -217,6 +229,7 @@ def report(sweep: SweepConfig) -> dict:
     (fig_dir / "results.md").write_text(report_markdown(agg, list(sweep.embedders), sweep.pipeline.run_dir))
     plots.save_figure(plots.sweep_tradeoff(agg), fig_dir, "tradeoff")
     plots.save_figure(plots.sweep_gap(agg), fig_dir, "gap")
+    plots.save_figure(plots.sweep_depth_gap(agg), fig_dir, "depth_gap")
     return agg
 
 
@@ -235,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lambdas", type=float, nargs="*", default=[0.0], help="lm-study: codecs (aligned λ)")
     p.add_argument("--lm-steps", type=int, default=2000, help="lm-study: LM training steps")
     p.add_argument("--token-clips", type=int, help="lm-study: LM training clips (default: the sweep's)")
+    p.add_argument("--codecs-only", action="store_true", help="run: train the codecs and stop (the LMs later)")
     p.add_argument("--jobs", type=int, default=2, help="all: (data set, seed) runs at once (CPU: threads split among them)")
     args = p.parse_args(argv)
     sweep = SWEEP_PRESETS[args.preset]
@@ -259,7 +273,10 @@ def main(argv: list[str] | None = None) -> None:
         for d in datasets:
             for seed in sweep.seeds:
                 print(f"[{data_tag(d)} seed {seed}]", flush=True)
-                run_seed(sweep, d, seed, args.device)
+                if args.codecs_only:
+                    train_codecs(for_data(sweep, d), seed_config(sweep, d, seed, args.device))
+                else:
+                    run_seed(sweep, d, seed, args.device)
     elif args.command == "lm-study":
         for d in datasets:
             for seed in sweep.seeds:

@@ -4,10 +4,12 @@
       data/                          00: example clips (wav)
       codec_lambda0/                 01: codec.pt, checkpoint.pt, metrics.json, recon/*.wav
       codec_lambda100/                   (one folder per MMD weight λ; `_none` suffix if not delay-aligned)
-      tokens/codec_lambda0/{train,valid}.pt    02/03: cached codes `n k t` of the data sets
+      tokens/codec_lambda0/{train,valid,test}.pt    02/03: cached codes `n k t` of the data sets
       dependence/codec_lambda0.json  02: MI/NMI matrices, MMD, permutation-test p-value
-      lm/codec_lambda0/delay/        03: checkpoint.pt (train_lm), metrics.json (history, bits/frame)
-      generate/codec_lambda0/delay/  04: codes.pt, sample*.wav, metrics.json (timing, dependence)
+      lm/codec_lambda0/delay/        03: checkpoint.pt (train_lm), metrics.json (history, bits/frame),
+                                         depth_head.pt, depth.json (the factorisation gap, mmdlib.depth)
+      generate/codec_lambda0/delay/  04: codes.pt, sample*.wav, metrics.json (timing, dependence);
+      generate/codec_lambda0/depth/      the joint model: the parallel trunk with its depth head
       notebooks/                     executed copies written by scripts/run_pipeline.py
 """
 from __future__ import annotations

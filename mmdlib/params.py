@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import MAX_SEED, valid_seed
+from .depth import DEPTH_PRESETS
 from .layout import RunLayout
 from .lm import LM_PRESETS
 from .mmd import ALIGNS
@@ -42,6 +43,8 @@ class PipelineError(ValueError):
         return [f"\x1b[31mPipelineError\x1b[0m: {self}"]
 
 
+DEPTH_TRUNK = "parallel"  # the LM whose trunk and depth head make the joint model `depth` (stages.models)
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything a notebook run depends on. Presets fill it; notebook parameters override it."""
@@ -58,7 +61,8 @@ class PipelineConfig:
     cache_dir: str | None = None                # decoded-audio cache for folders (default data/cache)
     clip_seconds: float = 4.0                   # length of the tokenised clips (02, 03, 04)
     n_token_train: int = 256                    # clips tokenised for LM training
-    n_token_valid: int = 64                     # held-out clips: dependence (02), bits/frame (03)
+    n_token_valid: int = 64                     # held-out clips: dependence (02), LM early stopping (03);
+                                                # as many test clips score the LMs (03)
     # dependence (02)
     mmd_samples: int = 4096                     # held-out frames for the MMD statistic (cost ∝ frames²)
     n_permutations: int = 100                   # permutation test of the MMD statistic
@@ -72,6 +76,11 @@ class PipelineConfig:
     lm_seq_frames: int | None = 50              # training crop length; None: the preset's own
     lm_warmup: int | None = None                # learning-rate warm-up steps; None: the preset's own
     lm_eval_every: int | None = 125
+    lm_patience: int = 2                        # early stopping: evaluations without a better held-out
+                                                # loss before an LM stops (0: never); the best state is kept
+    # the depth head (03): the factorisation gap of the LMs of these patterns (those among `patterns`)
+    gap_patterns: tuple[str, ...] = ("parallel", "delay")
+    depth_preset: str = "tiny"                  # depth.DEPTH_PRESETS
     # generation (04)
     gen_seconds: float = 4.0
     n_gen: int = 4                              # samples per (codec, pattern)
@@ -115,6 +124,7 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
         clip_seconds=30.0, n_token_train=4096, n_token_valid=256, mmd_samples=16384, n_permutations=200,
         perm_samples=4096,
         lm_preset="paper", lm_train_preset="paper", lm_steps=None, lm_seq_frames=None, lm_eval_every=None,
+        depth_preset="paper",
         gen_seconds=10.0, n_gen=8, top_k=250, device="cuda", threads=None, run_dir="runs/paper",
         fig_dir="figures/paper",
     ),
@@ -214,13 +224,14 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
     over = {k: v for k, v in params.items() if v is not None}
     if "lambdas" in over:
         over["lambdas"] = _as_list("lambdas", over["lambdas"], float)
-    if "patterns" in over:
-        over["patterns"] = _as_list("patterns", over["patterns"], str)
+    for name in ("patterns", "gap_patterns"):
+        if name in over:
+            over[name] = _as_list(name, over[name], str)
     for name in ("codec_steps", "codec_eval_every", "lm_steps", "lm_seq_frames", "lm_eval_every", "n_token_train",
                  "n_token_valid", "mmd_samples", "n_permutations", "perm_samples", "n_gen", "top_k", "threads"):
         if name in over:
             over[name] = _check_positive(name, over[name])
-    for name in ("codec_mmd_start", "lm_warmup"):  # step counts that may be 0
+    for name in ("codec_mmd_start", "lm_warmup", "lm_patience"):  # counts that may be 0
         if name in over and (isinstance(over[name], bool) or not isinstance(over[name], int) or over[name] < 0):
             raise PipelineError(f"{name}={over[name]!r}: expected an integer >= 0 or None (the preset's default)")
     for name in ("clip_seconds", "gen_seconds", "temperature"):
@@ -239,6 +250,10 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
     bad = [p for p in cfg.patterns if p not in PATTERNS]
     if bad:
         raise PipelineError(f"patterns: unknown {bad}; choose from {list(PATTERNS)}")
+    bad = [p for p in cfg.gap_patterns if p not in PATTERNS or p == "flatten"]
+    if bad:
+        raise PipelineError(f"gap_patterns: {bad} are not factorised patterns (flatten is already joint); "
+                            f"choose from {[p for p in PATTERNS if p != 'flatten']}")
     if cfg.align not in ALIGNS:
         raise PipelineError(f"align={cfg.align!r}: choose 'delay' (as the delay pattern predicts) or 'none'")
     if cfg.data != "synthetic" and not resolve(cfg.data).is_dir():
@@ -283,7 +298,8 @@ def _check_writable(name: str, folder: Path) -> None:
 def _check_presets(cfg: PipelineConfig) -> None:
     for name, value, known in (("codec_preset", cfg.codec_preset, TRAIN_PRESETS),
                                ("lm_preset", cfg.lm_preset, LM_PRESETS),
-                               ("lm_train_preset", cfg.lm_train_preset, LM_TRAIN_PRESETS)):
+                               ("lm_train_preset", cfg.lm_train_preset, LM_TRAIN_PRESETS),
+                               ("depth_preset", cfg.depth_preset, DEPTH_PRESETS)):
         if value not in known:
             raise PipelineError(f"{name}={value!r}: choose one of {sorted(known)}")
 
@@ -301,6 +317,9 @@ def required_artifacts(notebook: str, cfg: PipelineConfig) -> list[tuple[Path, s
     if notebook == "04_generate":
         need += [(layout.lm(lam, p) / "checkpoint.pt", f"run {_HOW['lm']} (lambdas={lam:g}, patterns={p})")
                  for lam in cfg.lambdas for p in cfg.patterns]
+        if DEPTH_TRUNK in cfg.patterns and DEPTH_TRUNK in cfg.gap_patterns:  # the `depth` model's head
+            need += [(layout.lm(lam, DEPTH_TRUNK) / "depth_head.pt", f"run {_HOW['lm']} (lambdas={lam:g}, its depth gap)")
+                     for lam in cfg.lambdas]
     return need
 
 

@@ -269,18 +269,20 @@ def _sweep_label(row: dict) -> str:
     return f"λ={row['lambda']:g}" + (" (lag 0)" if row.get("align") == "none" else "")
 
 
-def sweep_tradeoff(agg: dict):
-    """Dependence (NMI delay) against reconstruction (SI-SNR), one point per codec (mean ± std),
-    faint points per seed; one panel per data set."""
-    fig, axes = plt.subplots(1, len(agg), figsize=(5 * len(agg), 4), squeeze=False)
+def sweep_tradeoff(agg: dict, y: str = "visqol"):
+    """Dependence (NMI delay) against reconstruction quality (ViSQOL by default), one point per
+    codec (mean ± std), faint points per seed; one panel per data set."""
+    ylabels = {"visqol": "ViSQOL (MOS-LQO, higher is better)", "mel_distance": "mel distance (lower is better)",
+               "sisnr_db": "SI-SNR (dB)"}
+    fig, axes = plt.subplots(1, len(agg), figsize=(5.5 * len(agg), 4.2), squeeze=False)
     for ax, (tag, a) in zip(axes[0], agg.items()):
         for i, c in enumerate(a["codecs"]):
             color = f"C{i}"
-            ax.scatter(c["nmi_delay"]["values"], c["sisnr_db"]["values"], color=color, alpha=0.3, s=15)
-            ax.errorbar(c["nmi_delay"]["mean"], c["sisnr_db"]["mean"], xerr=c["nmi_delay"]["std"] or 0,
-                        yerr=c["sisnr_db"]["std"] or 0, fmt="s" if c["align"] == "none" else "o", color=color,
+            ax.scatter(c["nmi_delay"]["values"], c[y]["values"], color=color, alpha=0.3, s=15)
+            ax.errorbar(c["nmi_delay"]["mean"], c[y]["mean"], xerr=c["nmi_delay"]["std"] or 0,
+                        yerr=c[y]["std"] or 0, fmt="s" if c["align"] == "none" else "o", color=color,
                         label=_sweep_label(c), capsize=3)
-        ax.set(xlabel="delay-aligned NMI of the codes (lower: more independent)", ylabel="SI-SNR (dB)",
+        ax.set(xlabel="delay-aligned NMI of the codes (lower: more independent)", ylabel=ylabels.get(y, y),
                title=f"{tag}: dependence vs reconstruction")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -288,7 +290,7 @@ def sweep_tradeoff(agg: dict):
 
 
 def sweep_gap(agg: dict, embedder: str = "logmel"):
-    """Top: factorisation gap (pattern − flatten bits/frame) per codec; bottom: FAD of the samples
+    """Top: held-out bits/frame above flatten's (pattern − flatten) per codec; bottom: FAD of the samples
     per codec and pattern. Mean ± std over seeds; one column per data set."""
     fig, axes = plt.subplots(2, len(agg), figsize=(5 * len(agg), 7), squeeze=False)
     for j, (tag, a) in enumerate(agg.items()):
@@ -305,10 +307,63 @@ def sweep_gap(agg: dict, embedder: str = "logmel"):
                 s = [(r[key]["std"] or 0) if r.get(key) else 0 for r in rows]
                 ax.errorbar(x + off, m, yerr=s, fmt="o", capsize=3, label=p, color=f"C{k}")
         axes[0, j].axhline(0, color="k", lw=0.8)
-        axes[0, j].set(ylabel="bits/frame − flatten's", title=f"{tag}: factorisation gap")
+        axes[0, j].set(ylabel="bits/frame − flatten's", title=f"{tag}: bits/frame above the flatten LM")
         axes[1, j].set(ylabel=f"FAD ({embedder}) of samples vs held-out", title=f"{tag}: sample quality")
         for ax in axes[:, j]:
             ax.set_xticks(x, labels, rotation=20, fontsize=8)
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_depth_gap(agg: dict):
+    """Per data set, against λ (aligned codecs): one panel per factorised pattern with its depth gap
+    (bits/frame the LM gives up within a step; each its own scale), then NMI(delay) of the codes,
+    then ViSQOL and code entropy, so that a gap that moves only because the codebooks collapsed
+    shows. Points: mean over seeds, bars: 95 % t-interval over seeds; thin lines: each seed."""
+    from scipy import stats
+
+    def gap_patterns(a):
+        return [p for p in dict.fromkeys(r["pattern"] for r in a["lms"])
+                if any(r.get("depth_gap_bits") for r in a["lms"] if r["pattern"] == p)]
+
+    n_cols = max(len(gap_patterns(a)) for a in agg.values()) + 2
+    fig, axes = plt.subplots(len(agg), n_cols, figsize=(4.3 * n_cols, 3.8 * len(agg)), squeeze=False)
+
+    def draw(ax, xs, stat_rows, color, label):
+        m = [s["mean"] if s and s["mean"] is not None else np.nan for s in stat_rows]
+        half = [stats.t.ppf(0.975, s["n"] - 1) * s["std"] / np.sqrt(s["n"]) if s and s.get("std") else 0
+                for s in stat_rows]
+        ax.errorbar(xs, m, yerr=half, fmt="o-", capsize=4, color=color, label=label)
+        seeds = max((len(s["values"]) for s in stat_rows if s), default=0)
+        for i in range(seeds):
+            ax.plot(xs, [s["values"][i] if s and i < len(s["values"]) else np.nan for s in stat_rows],
+                    color=color, lw=0.6, alpha=0.35)
+
+    for j, (tag, a) in enumerate(agg.items()):
+        codecs = [c for c in a["codecs"] if c["align"] == "delay" or c["lambda"] == 0]
+        xs = np.arange(len(codecs))
+        labels = [f"λ={c['lambda']:g}" for c in codecs]
+        for k, p in enumerate(gap_patterns(a)):
+            rows = [next((r.get("depth_gap_bits") for r in a["lms"] if r["codec"] == c["codec"] and r["pattern"] == p), None)
+                    for c in codecs]
+            draw(axes[j, k], xs, rows, f"C{k}", p)
+            axes[j, k].set(ylabel="bits / frame", title=f"{tag}: depth gap, {p}")
+        nmi_ax, q_ax = axes[j, -2], axes[j, -1]
+        draw(nmi_ax, xs, [c.get("nmi_delay") for c in codecs], "C3", "NMI delay")
+        nmi_ax.set(ylabel="NMI (bias-corrected)", title=f"{tag}: dependence of the codes")
+        draw(q_ax, xs, [c.get("visqol") for c in codecs], "C2", "ViSQOL")
+        q_ax.set(ylabel="ViSQOL (MOS-LQO)", title=f"{tag}: quality and code entropy")
+        twin = q_ax.twinx()
+        draw(twin, xs, [c.get("code_entropy_bits") for c in codecs], "C4", "code entropy (bits)")
+        twin.set_ylabel("code entropy (bits)")
+        twin.grid(False)
+        lines = q_ax.get_legend_handles_labels()
+        lines2 = twin.get_legend_handles_labels()
+        q_ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
+        nmi_ax.legend(fontsize=8)
+        for ax in axes[j]:
+            ax.set_xticks(xs, labels)
+            ax.margins(x=0.15)
     fig.tight_layout()
     return fig

@@ -8,8 +8,10 @@ reloads instead of recomputing what an earlier call finished:
     reconstruct_run(cfg, lam, clips)   01: its reconstructions of some clips, saved, with their scores
     tokens(cfg, lam, split)            02/03: the codes of the train/valid clips, cached
     dependence_run(cfg, lam)           02: MI/NMI of the codes, MMD² and permutation tests
-    train_lm_run(cfg, lam, pattern)    03: one LM per (codec, pattern)
+    train_lm_run(cfg, lam, pattern)    03: one LM per (codec, pattern), early-stopped, scored on test clips
+    depth_run(cfg, lam, pattern)       03: the factorisation gap of that LM (depth heads, mmdlib.depth)
     generate_run(cfg, lam, pattern)    04: samples, timing, dependence of the generated codes
+                                           (pattern "depth": the parallel trunk with its depth head)
 """
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ from .codec import Codec, codec_preset
 from .data import clip_batches, make_dataset
 from .dependence import dependence_summary, pairwise_mi, permutation_test
 from .layout import write_json
-from .lm import TokenLM, generate, lm_config
+from .depth import DEPTH_PRESETS, DepthHead, factorisation_gap, generate_depth
+from .lm import TokenLM, bits_per_codebook, evaluate_bits_per_frame, lm_config
 from .metrics import mel_distance, si_snr, visqol
 from .mmd import mmd_independence
-from .params import PipelineConfig, PipelineError, resolve
+from .params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
+from .sampling import generate
 from .train_codec import TRAIN_PRESETS, train_codec, train_preset
 from .train_lm import LM_TRAIN_PRESETS, train_lm
 
@@ -151,11 +155,12 @@ def _token_meta(cfg: PipelineConfig, lam: float, split: str, n_items: int) -> di
 
 
 def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = None) -> torch.Tensor:
-    """The codes `n k t` of the train or valid clips under codec `lam`, cached in run_dir/tokens/
-    as `<split>.pt` (a plain long tensor, what `python -m mmdlib.train_lm --train/--valid` reads) and
-    `<split>.json` (what it was computed from: recomputed when the codec or data parameters change)."""
-    if split not in ("train", "valid"):
-        raise PipelineError(f"split={split!r}: expected 'train' or 'valid'")
+    """The codes `n k t` of the train, valid or test clips under codec `lam` (test: as many clips as
+    valid), cached in run_dir/tokens/ as `<split>.pt` (a plain long tensor, what `python -m
+    mmdlib.train_lm --train/--valid` reads) and `<split>.json` (what it was computed from:
+    recomputed when the codec or data parameters change)."""
+    if split not in ("train", "valid", "test"):
+        raise PipelineError(f"split={split!r}: expected 'train', 'valid' or 'test'")
     n_items = cfg.n_token_train if split == "train" else cfg.n_token_valid
     meta = _token_meta(cfg, lam, split, n_items)
     path = cfg.layout.tokens(lam, split)
@@ -179,7 +184,7 @@ def lm_configs(cfg: PipelineConfig, pattern: str, n_q: int, codebook_size: int):
     the run's LM presets with its steps, crop length, warm-up and evaluation interval (None keeps
     the preset's), and nothing else changed."""
     lm_cfg = lm_config(cfg.lm_preset, pattern=pattern, n_q=n_q, codebook_size=codebook_size)
-    over = dict(seed=cfg.seed, device=cfg.device, progress=False)
+    over = dict(seed=cfg.seed, device=cfg.device, progress=False, patience=cfg.lm_patience)
     for name, value in (("steps", cfg.lm_steps), ("seq_frames", cfg.lm_seq_frames), ("warmup", cfg.lm_warmup),
                         ("eval_every", cfg.lm_eval_every)):
         if value is not None:
@@ -192,8 +197,10 @@ def lm_configs(cfg: PipelineConfig, pattern: str, n_q: int, codebook_size: int):
 
 def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     """Train (or resume, or reload if finished) the LM of (codec `lam`, `pattern`); writes
-    lm_dir/metrics.json with the configs, history (train_lm's rows), held-out bits per frame and
-    training time."""
+    lm_dir/metrics.json with the configs, history (train_lm's rows), training time and the bits per
+    frame of its best state (early stopping on the valid clips): "valid_bits_per_frame" there, and
+    "bits_per_frame" on the test clips, which chose nothing. Both score the clips in windows of the
+    training crop length (`lm.windows`), the length every pattern trained on."""
     train, valid = tokens(cfg, lam, "train"), tokens(cfg, lam, "valid")
     codec_cfg = Codec.load(cfg.layout.codec(lam) / "codec.pt").cfg
     lm_cfg, tcfg = lm_configs(cfg, pattern, codec_cfg.quantizer.n_q, codec_cfg.quantizer.codebook_size)
@@ -208,6 +215,11 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     if metrics_path.is_file() and ckpt.is_file():
         saved = json.loads(metrics_path.read_text())
         if {k: saved.get(k) for k in configs} == configs:
+            if "bits_per_codebook" not in saved:  # an LM trained before this measure existed
+                model = TokenLM.load(ckpt, map_location=cfg.device)
+                saved["bits_per_codebook"] = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size,
+                                                               window=tcfg.seq_frames).tolist()
+                write_json(metrics_path, saved)
             return saved | {"history": history_rows(saved["history"]), "resumed": True}
         raise PipelineError(f"{out} holds an LM trained with another configuration (or on other tokens); "
                             "delete that folder or choose another run_dir")
@@ -220,10 +232,16 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
         except CheckpointError as e:
             raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
     t0 = time.time()
-    model, history = train_lm(train, valid, lm_cfg, tcfg, out)
-    final = [row["valid_bits_per_frame"] for row in history if "valid_bits_per_frame" in row][-1]
-    result = configs | {"history": history, "valid_bits_per_frame": final,
-                        "train_seconds": time.time() - t0, "n_params": model.num_params(),
+    model, history = train_lm(train, valid, lm_cfg, tcfg, out)  # its best state
+    seconds = time.time() - t0
+    evals = [row for row in history if "valid_bits_per_frame" in row]
+    best = min(evals, key=lambda row: row["valid_bits_per_frame"])
+    test_codes = tokens(cfg, lam, "test")
+    test = evaluate_bits_per_frame(model, test_codes, tcfg.eval_batch_size, window=tcfg.seq_frames)
+    by_k = bits_per_codebook(model, test_codes, tcfg.eval_batch_size, window=tcfg.seq_frames)
+    result = configs | {"history": history, "valid_bits_per_frame": best["valid_bits_per_frame"],
+                        "bits_per_frame": test, "bits_per_codebook": by_k.tolist(), "best_step": best["step"], "steps_trained": history[-1]["step"],
+                        "train_seconds": seconds, "n_params": model.num_params(),
                         "codec": cfg.layout.codec_name(lam), "pattern": pattern, "lambda": lam}
     write_json(metrics_path, result)
     return result | {"resumed": False}
@@ -234,18 +252,75 @@ def lm_metrics(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
                      f"run notebooks/03_train_lm.ipynb with lambdas={lam:g}, patterns={pattern}")
 
 
+def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
+    """The factorisation gap of the LM of (codec `lam`, `pattern`): depth heads with and without
+    the step's earlier codes (mmdlib.depth) trained on its train tokens, early-stopped on the valid
+    clips, scored on the test clips, in windows of the LM's crop length. Writes lm_dir/depth.json
+    and the depth head (lm_dir/depth_head.pt, what the `depth` generation samples with)."""
+    out = cfg.layout.lm(lam, pattern)
+    lm = lm_metrics(cfg, lam, pattern)
+    dcfg = dataclasses.replace(DEPTH_PRESETS[cfg.depth_preset], seed=cfg.seed)
+    key = {"depth_config": dataclasses.asdict(dcfg), "lm_train_seconds": lm["train_seconds"]}
+    path = out / "depth.json"
+    if path.is_file() and (out / "depth_head.pt").is_file():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved
+    model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
+    window = lm["train_config"]["seq_frames"]
+    t0 = time.time()
+    gap, head = factorisation_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
+                                  tokens(cfg, lam, "test"), dcfg, window)
+    result = key | gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
+                          "lambda": lam}
+    torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
+    write_json(path, result)
+    return result
+
+
+
+
+def gap_patterns(cfg: PipelineConfig) -> list[str]:
+    """The patterns whose factorisation gap 03 measures: cfg.gap_patterns among cfg.patterns."""
+    return [p for p in cfg.gap_patterns if p in cfg.patterns]
+
+
+def models(cfg: PipelineConfig) -> list[str]:
+    """What 04 samples from: every LM pattern, then `depth` (the joint model in T steps) when the
+    parallel LM has a depth head."""
+    return [*cfg.patterns] + (["depth"] if DEPTH_TRUNK in gap_patterns(cfg) else [])
+
+
+def load_depth(cfg: PipelineConfig, lam: float, base: str = DEPTH_TRUNK) -> tuple[TokenLM, DepthHead]:
+    """The joint model `depth`: the LM of (codec `lam`, `base`) and its depth head (depth_run)."""
+    out = cfg.layout.lm(lam, base)
+    if not (out / "depth_head.pt").is_file():
+        raise PipelineError(f"{out}/depth_head.pt is missing: run notebooks/03_train_lm.ipynb with "
+                            f"patterns including {base} (its depth head is the `depth` model)")
+    model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
+    saved = torch.load(out / "depth_head.pt", map_location=cfg.device)
+    head = DepthHead(model, dataclasses.replace(DEPTH_PRESETS[cfg.depth_preset], **saved["config"]))
+    head.load_state_dict(saved["state"])
+    return model, head.to(cfg.device).eval()
+
+
 def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | None = None) -> dict:
     """Sample cfg.n_gen clips of cfg.gen_seconds from the LM of (codec `lam`, `pattern`), decode them,
-    write gen_dir/{codes.pt, sample*.wav, metrics.json}; returns the metrics (timing included)."""
+    write gen_dir/{codes.pt, sample*.wav, metrics.json}; returns the metrics (timing included).
+    pattern "depth": the joint model in T steps, the parallel LM with its depth head."""
     codec = codec or load_codec(cfg, lam)
-    model = TokenLM.load(cfg.layout.lm(lam, pattern) / "checkpoint.pt", map_location=cfg.device)
+    if pattern == "depth":
+        model, head = load_depth(cfg, lam)
+        sample = lambda n, **kw: generate_depth(model, head, n, **kw)  # noqa: E731
+    else:
+        model = TokenLM.load(cfg.layout.lm(lam, pattern) / "checkpoint.pt", map_location=cfg.device)
+        sample = lambda n, **kw: generate(model, n, **kw)  # noqa: E731
     n_frames = max(1, round(cfg.gen_seconds * codec.frame_rate))
-    generate(model, min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels
+    sample(min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    codes = generate(model, n_frames, batch_size=cfg.n_gen, temperature=cfg.temperature, top_k=cfg.top_k,
-                     seed=cfg.seed)
+    codes = sample(n_frames, batch_size=cfg.n_gen, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

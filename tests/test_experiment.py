@@ -12,11 +12,15 @@ from mmdlib.stages import codec_train_config
 
 def test_codecs_of_a_sweep_share_their_prefix_config():
     sweep = ex.SWEEP_PRESETS["tiny"]
+    assert len(sweep.seeds) >= 4  # paired differences over at least four codec seeds
     cfg = ex.seed_config(sweep, "synthetic", 1)
+    assert [c.layout.codec(lam).name for c, lam in ex.codecs(sweep, cfg)] == [
+        "codec_lambda0", "codec_lambda100", "codec_lambda1000"]
+    sweep = dataclasses.replace(sweep, lambdas_nonaligned=(100.0,))
     pairs = ex.codecs(sweep, cfg)
     names = [c.layout.codec(lam).name for c, lam in pairs]
-    assert names == ["codec_lambda0", "codec_lambda10", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
-    assert len({c.layout.codec(lam) for c, lam in pairs}) == 5 and cfg.run_dir.endswith("synthetic/seed1")
+    assert names == ["codec_lambda0", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
+    assert len({c.layout.codec(lam) for c, lam in pairs}) == 4 and cfg.run_dir.endswith("synthetic/seed1")
     # every codec differs from the λ = 0 run only in its MMD settings: they can fork its prefix
     base = codec_train_config(cfg, 0.0).to_dict()
     for c, lam in pairs:
@@ -40,7 +44,7 @@ def _run(seed, nmi, sisnr, bits):
     return {"data": "synthetic", "tag": "synthetic", "seed": seed, "codecs": codecs, "lms": lms, "seconds": 1.0}
 
 
-def test_aggregate_means_stds_and_paired_counts():
+def test_aggregate_means_stds_and_paired_differences():
     runs = [_run(0, (0.30, 0.20), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5))),
             _run(1, (0.25, 0.27), (4.0, 3.0), ((21.0, 19.0), (22.0, 19.0)))]
     agg = report.aggregate(runs)["synthetic"]
@@ -52,20 +56,26 @@ def test_aggregate_means_stds_and_paired_counts():
     assert c0["nmi_delay"]["values"] == [0.30, 0.25]
     gap = next(r for r in agg["lms"] if r["codec"] == "codec_lambda10" and r["pattern"] == "delay")["gap_vs_flatten"]
     assert gap["values"] == [0.5, 3.0]
-    pairs = agg["paired"]
-    assert [p["nmi_delay_lower"] for p in pairs] == [True, False]      # 0.20 < 0.30; 0.27 > 0.25
-    assert [p["gap_delay_smaller"] for p in pairs] == [True, False]    # 0.5 < 2; 3 > 2
-    assert [p["sisnr_cost_db"] for p in pairs] == [1.0, 1.0]
+    (pair,) = agg["paired"]                       # λ = 10 against λ = 0 of the same seed
+    nmi = pair["nmi_delay"]                       # 0.20 − 0.30, 0.27 − 0.25
+    assert nmi["values"] == pytest.approx({"0": -0.10, "1": 0.02}) and nmi["n_negative"] == 1
+    assert nmi["mean"] == pytest.approx(-0.04)
+    se = 0.12 / math.sqrt(2) / math.sqrt(2)       # SD of the two differences / √n
+    assert nmi["ci95"] == pytest.approx([-0.04 - 12.7062 * se, -0.04 + 12.7062 * se], rel=1e-4)  # t(0.975, 1 df)
+    t = -0.04 / se                                # paired t-test, 1 df: p = 1 − 2 atan(|t|) / π
+    assert nmi["p_value"] == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi)
+    assert pair["gap_vs_flatten_delay"]["values"] == pytest.approx({"0": -1.5, "1": 1.0})
+    assert pair["visqol"]["n"] == 0               # a metric no run has is empty, not invented
     text = report.report_markdown(report.aggregate(runs), ["logmel"])
     assert "2 seeds: 0, 1" in text
-    assert "| codec_lambda10 | 1/2 | 2/2 | +1.00 | 1/2 |" in text     # NMI lower, MMD lower, cost, delay gap
-    assert text.count("| codec_lambda0 |") == 2                        # one row per pattern
+    assert "| codec_lambda10 | -0.040 [" in text and ", 1/2 |" in text
+    assert text.count("| codec_lambda0 |") == 2   # one row per pattern
 
 
 def test_single_seed_has_no_std():
     agg = report.aggregate([_run(0, (0.3, 0.2), (3.0, 2.0), ((20.0, 18.0), (19.0, 18.5)))])
     assert agg["synthetic"]["codecs"][0]["sisnr_db"]["std"] is None
-    assert "3.00 |" in report.report_markdown(agg, ["logmel"])
+    assert "| 1.000 |" in report.report_markdown(agg, ["logmel"])  # mel distance, no ± with one seed
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):
@@ -99,15 +109,21 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert [r["bits_per_frame"] for r in again["lms"]] == [r["bits_per_frame"] for r in out["lms"]]
     agg = ex.report(sweep)
     assert (tmp_path / "figs" / "results.md").is_file() and (tmp_path / "figs" / "gap.png").is_file()
+    assert (tmp_path / "figs" / "depth_gap.png").is_file()
+    delay = [r for r in out["lms"] if r["pattern"] == "delay"]
+    assert all(math.isfinite(r["depth_gap_bits"]) and r["depth_gap_se"] >= 0 for r in delay)
+    assert [r["depth_gap_bits"] for r in again["lms"] if r["pattern"] == "delay"] == [r["depth_gap_bits"] for r in delay]
     assert agg["synthetic"]["seeds"] == [0]
 
 
-def test_supertux_has_its_own_lambda_grid():
-    sweep = ex.SWEEP_PRESETS["tiny"]
+def test_a_data_set_can_have_its_own_lambda_grid():
+    sweep = dataclasses.replace(ex.SWEEP_PRESETS["tiny"], per_data={
+        "supertux": {"lambdas": (0.0, 3.0, 10.0, 30.0), "lambdas_nonaligned": (10.0,)}})
     cfg = ex.seed_config(sweep, "data/external/supertux", 0)
     assert cfg.lambdas == (0.0, 3.0, 10.0, 30.0)
     names = [c.layout.codec(lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
     assert names[-1] == "codec_lambda10_none" and len(names) == 5
+    assert ex.seed_config(sweep, "synthetic", 0).lambdas == ex.SWEEP_PRESETS["tiny"].lambdas
 
 
 def test_embedder_option_is_checked_before_any_work(tmp_path):

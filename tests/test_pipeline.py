@@ -180,14 +180,16 @@ def test_tokenise_shapes_and_cache(tmp_path, monkeypatch):
     train = stages.tokens(cfg, 0, "train")
     assert torch.equal(train, codes)
     assert stages.tokens(cfg, 0, "valid").shape == (2, 3, codes.shape[-1])
+    assert stages.tokens(cfg, 0, "test").shape == (2, 3, codes.shape[-1])  # as many clips as valid, other ones
+    assert not torch.equal(stages.tokens(cfg, 0, "test"), stages.tokens(cfg, 0, "valid"))
     # the second call reads the cache ...
     monkeypatch.setattr(stages, "tokenise", lambda *a, **k: pytest.fail("should have used the cache"))
     assert torch.equal(stages.tokens(cfg, 0, "train"), codes)
     # ... unless the data parameters changed
     with pytest.raises(pytest.fail.Exception):
         stages.tokens(dataclasses.replace(cfg, n_token_train=4), 0, "train")
-    with pytest.raises(PipelineError, match="split='test'"):
-        stages.tokens(cfg, 0, "test")
+    with pytest.raises(PipelineError, match="split='holdout'"):
+        stages.tokens(cfg, 0, "holdout")
 
 
 def test_results_table_from_artifacts(tmp_path):
@@ -197,13 +199,13 @@ def test_results_table_from_artifacts(tmp_path):
                  "nmi_lag0": nmi, "nmi_delay": nmi / 2, "mmd": 0.01, "seconds": 5.0}]
         layout.write_json(cfg.layout.codec(lam) / "metrics.json", {"config": {}, "history": hist})
     layout.write_json(cfg.layout.lm(0, "delay") / "metrics.json",
-                  {"valid_bits_per_frame": 12.5, "train_config": {"steps": 40}})
+                  {"bits_per_frame": 12.5, "best_step": 40, "train_config": {"steps": 40}})
     res = report.collect_results(cfg)
     assert [r["codec"] for r in res["codecs"]] == ["codec_lambda0", "codec_lambda100"]
     assert res["codecs"][1]["nmi_delay"] == 0.05 and res["codecs"][1]["p_value_delay"] is None
-    assert res["lms"][0]["valid_bits_per_frame"] == 12.5 and res["lms"][1]["valid_bits_per_frame"] is None
+    assert res["lms"][0]["bits_per_frame"] == 12.5 and res["lms"][1]["bits_per_frame"] is None
     md = report.results_markdown(res)
-    assert "| codec_lambda0 | delay | 12.50 | – | – |" in md  # missing artifacts show as –, never invented
+    assert "| codec_lambda0 | delay | 12.50 | – | – | 40 | – |" in md  # missing artifacts show as –, never invented
     md_path, json_path = report.write_results(dataclasses.replace(cfg, fig_dir=str(tmp_path / "fig")), res)
     assert md_path.read_text() == md and json.loads(json_path.read_text())["lms"] == res["lms"]
 
@@ -247,3 +249,15 @@ def test_notebook_params_reads_the_parameters_cell(tmp_path):
     assert (P.lambdas, P.codec_steps, P.run_dir, P.n_gen) == ((0.0, 10.0), smoke.codec_steps, str(tmp_path), smoke.n_gen)
     with pytest.raises(PipelineError, match="seed=-1"):
         params.notebook_params("00_data", ns | {"seed": -1})
+
+
+def test_depth_parameters_are_checked():
+    with pytest.raises(PipelineError, match="gap_patterns: \\['flatten'\\] are not factorised"):
+        check_params("00_data", gap_patterns="flatten")
+    with pytest.raises(PipelineError, match="lm_patience=-1"):
+        check_params("00_data", lm_patience=-1)
+    with pytest.raises(PipelineError, match="depth_preset='huge'"):
+        check_params("00_data", depth_preset="huge")
+    cfg = check_params("00_data", patterns="delay,flatten")
+    assert stages.gap_patterns(cfg) == ["delay"] and stages.models(cfg) == ["delay", "flatten"]
+    assert stages.models(check_params("00_data")) == ["parallel", "delay", "flatten", "depth"]
