@@ -32,10 +32,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .lm import KVCache, TokenLM, windows
+from .lm import KVCache, TokenLM, windows, cell_nll as lm_cell_nll
 from .sampling import check_sampling, sample_checked
 from .patterns import Pattern
 
@@ -138,9 +137,7 @@ def cell_nll(model: TokenLM, head: DepthHead | None, h: torch.Tensor, seq: torch
         logits = model.logits(h, pat.columns)                              # [b, j, s, v], frozen
     if head is not None:
         logits = logits + head(h, seq)
-    target = seq.masked_fill(~pat.valid, 0)                                # pad cells: any code, not counted
-    nll = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(seq.shape)
-    return (nll * pat.valid).sum((1, 2))
+    return lm_cell_nll(logits, seq, pat).sum((1, 2))
 
 
 def per_item_bits(model: TokenLM, head: DepthHead | None, feats: tuple, batch_size: int = 64) -> torch.Tensor:

@@ -311,6 +311,14 @@ def sequence_nll(net: nn.Module, codes: torch.Tensor, cond: torch.Tensor | None 
     return F.cross_entropy(logits[v], seq[v], reduction="sum"), codes.numel()
 
 
+def cell_nll(logits: torch.Tensor, seq: torch.Tensor, pat: Pattern) -> torch.Tensor:
+    """logits [b, j, s, v] of a pattern sequence seq [b, j, s] -> NLL in nats of each cell [b, j, s],
+    0 in the empty cells (so that each code counts once)."""
+    target = seq.masked_fill(~pat.valid, 0)                                # pad cells: any code, not counted
+    nll = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(seq.shape)
+    return nll * pat.valid
+
+
 def windows(tokens: torch.Tensor, window: int | None) -> torch.Tensor:
     """Codes [n, k, t] -> the non-overlapping windows [n m, k, window] (m = t // window; a shorter
     tail is dropped): scoring at the training crop length, each window from its own start, as the
@@ -371,9 +379,7 @@ def bits_per_codebook(model: TokenLM, tokens: torch.Tensor, batch_size: int = 16
     total = torch.zeros(model.cfg.n_q, dtype=torch.float64)
     for i in range(0, len(tokens), batch_size):
         seq = pat.build(tokens[i : i + batch_size].to(device), model.cfg.pad)      # [b, j, s]
-        logits = model(model.shift_right(seq), pat)                               # [b, j, s, v]
-        nll = F.cross_entropy(logits.flatten(0, 2), seq.masked_fill(~pat.valid, 0).flatten(), reduction="none")
-        nll = nll.view(seq.shape) * pat.valid
+        nll = cell_nll(model(model.shift_right(seq), pat), seq, pat)              # [b, j, s]
         total += pat.revert(nll).sum((0, 2)).double().cpu()                      # [k]: each code once
     model.train(was_training)
     return (total / math.log(2) / (tokens.shape[0] * tokens.shape[-1])).float()
