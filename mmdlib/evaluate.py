@@ -1,5 +1,6 @@
-"""A codec on held-out clips: what a listener hears (ViSQOL, mel distance, SI-SNR), how it uses its
-codebooks, and how dependent they are (bias-corrected NMI of the codes, MMD² of the residual streams).
+"""A codec on held-out clips: what a listener hears (ViSQOL, mel distance, SI-SNR, and whether the notes
+are there: fine-structure correlation and chroma similarity), how it uses its codebooks, and how
+dependent they are (bias-corrected NMI of the codes, MMD² of the residual streams).
 Used by the training loop's validation, the benchmarks, the notebooks' stages and the λ sweep."""
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 from .codec import Codec
 from .data import clip_batches
 from .dependence import dependence_summary
-from .metrics import VISQOL_MIN_SECONDS, codebook_usage, mel_distance, si_snr, visqol
+from .metrics import (NOTE_FFT, NOTE_RATE, VISQOL_MIN_SECONDS, chroma_similarity, codebook_usage, fine_structure_r,
+                      mel_distance, si_snr, visqol)
 from .mmd import MMDConfig, mmd_independence
 
 
@@ -16,23 +18,29 @@ from .mmd import MMDConfig, mmd_independence
 def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig] | None = None,
                    batch_size: int = 16, device: str | torch.device = "cpu", seed: int = 0,
                    mmd_frames: int | None = None, keep_audio: bool = False, n_visqol: int = 0) -> dict:
-    """SI-SNR, mel distance, ViSQOL, per-codebook usage and dependence of a codec on a held-out set.
+    """SI-SNR, mel distance, ViSQOL, the note metrics, per-codebook usage and dependence of a codec on a
+    held-out set.
 
     `mmd_cfg`: one MMDConfig (result key "mmd") or {key: MMDConfig} for several variants; the
     MMD² of the residual streams is taken over the first clips holding `mmd_frames` frames (all
     when None; the exact estimator costs ∝ frames²). `n_visqol`: ViSQOL (MOS-LQO) of the first
     n_visqol clips, mean under "visqol" and per clip under "visqol_clips" (about 0.5 s of CPU per
-    4 s clip). Per-clip mel distances are under "mel_clips". `keep_audio` adds the
-    reconstructions `b 1 n` (CPU) under "audio".
+    4 s clip). "fine_structure_r" and "chroma" (`mmdlib.metrics`: are the reference's partials and
+    pitch classes in the reconstruction) need clips of at least 0.128 s. Per-clip values are under
+    "mel_clips", "fine_structure_r_clips" and "chroma_clips". `keep_audio` adds the reconstructions
+    `b 1 n` (CPU) under "audio".
     """
     was_training = codec.training
     codec.eval()
-    sisnr, mel, codes, streams, audio, scores = [], [], [], [], [], []
+    sisnr, mel, codes, streams, audio, scores, fine, chroma = [], [], [], [], [], [], [], []
     for i, wav in zip(range(0, len(valid), batch_size), clip_batches(valid, batch_size)):
         wav = wav.to(device)
         out = codec(wav)
         sisnr.append(si_snr(out.wav, wav))
         mel.append(mel_distance(out.wav, wav, codec.cfg.sample_rate))
+        if wav.shape[-1] * NOTE_RATE >= NOTE_FFT * codec.cfg.sample_rate:  # long enough for the note metrics
+            fine.append(fine_structure_r(out.wav, wav, codec.cfg.sample_rate))
+            chroma.append(chroma_similarity(out.wav, wav, codec.cfg.sample_rate))
         codes.append(out.codes)
         streams.append(out.streams)
         if i < n_visqol and wav.shape[-1] >= VISQOL_MIN_SECONDS * codec.cfg.sample_rate:  # short clips: no ViSQOL
@@ -58,6 +66,9 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig
         "code_entropy_bits": float(dep["entropy_mean"]),   # mean over codebooks: collapse shows here
         **{key: mmd_independence(streams, c, seed=seed).item() for key, c in mmd_cfgs.items()},
     }
+    if fine:
+        out |= {"fine_structure_r": torch.cat(fine).mean().item(), "fine_structure_r_clips": torch.cat(fine).tolist(),
+                "chroma": torch.cat(chroma).mean().item(), "chroma_clips": torch.cat(chroma).tolist()}
     if scores:
         out |= {"visqol": torch.cat(scores).mean().item(), "visqol_clips": torch.cat(scores).tolist()}
     if mmd_frames is not None:

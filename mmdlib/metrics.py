@@ -139,3 +139,131 @@ def bitrate(n_q: int, codebook_size: int, frame_rate: float) -> float:
     if n_q < 1 or codebook_size < 2 or frame_rate <= 0:
         raise ValueError(f"bitrate: need n_q >= 1, codebook_size >= 2, frame_rate > 0, got {n_q}, {codebook_size}, {frame_rate}")
     return n_q * math.log2(codebook_size) * frame_rate
+
+
+# -- metrics that hear notes --------------------------------------------------------------------------
+# ViSQOL and the log-mel distance both rate an envelope-shaped buzz with no pitch above Opus at 6 kbps
+# (README, "The tiny codec"): a mel band is wider than the spacing of a note's harmonics. These two
+# read a 2048-point STFT at 16 kHz (7.8 Hz bins) where the harmonics of a note are separate peaks.
+NOTE_RATE, NOTE_FFT, NOTE_HOP = 16000, 2048, 512
+NOTE_BAND = (60.0, 4000.0)      # Hz: the fine structure's band (below: too few bins per harmonic)
+CHROMA_BAND = (55.0, 4000.0)    # Hz: the chroma's band (A1 up)
+SMOOTH_HZ = 200.0               # the envelope: a moving average of the log-power over this width
+LOUD_DB = 40.0                  # frames scored: within this many dB of the clip's loudest frame
+
+
+def _note_power(x: Tensor, sample_rate: int) -> Tensor:
+    """`b 1 n` or `b n` -> `b f s`: power of a 2048-point Hann STFT (hop 512) at 16 kHz, float64."""
+    if x.dim() == 3:
+        if x.shape[1] != 1:
+            raise ValueError(f"note metrics need mono audio [b, 1, n], got {list(x.shape)}")
+        x = x[:, 0]
+    if x.dim() != 2:
+        raise ValueError(f"note metrics need audio [b, 1, n] or [b, n], got {list(x.shape)}")
+    x = x.detach().double().cpu()
+    if sample_rate != NOTE_RATE:
+        x = AF.resample(x, int(sample_rate), NOTE_RATE)
+    if x.shape[-1] < NOTE_FFT:
+        raise ValueError(f"note metrics need clips of >= {NOTE_FFT / NOTE_RATE:.3f} s, got {x.shape[-1] / NOTE_RATE:.3f} s")
+    spec = torch.stft(x, NOTE_FFT, NOTE_HOP, window=torch.hann_window(NOTE_FFT, dtype=torch.float64),
+                      return_complex=True)
+    return spec.abs().pow(2)
+
+
+def _band(lo: float, hi: float) -> slice:
+    return slice(math.ceil(lo * NOTE_FFT / NOTE_RATE), math.floor(hi * NOTE_FFT / NOTE_RATE) + 1)
+
+
+def _log_power(power: Tensor, floor: Tensor) -> Tensor:
+    return torch.log(power + floor[:, None, None])
+
+
+def _fine(logp: Tensor) -> Tensor:
+    """`b f s`: log-power minus its moving average over SMOOTH_HZ (the spectral envelope)."""
+    w = int(round(SMOOTH_HZ * NOTE_FFT / NOTE_RATE)) | 1  # odd width in bins
+    x = logp.transpose(1, 2).reshape(-1, 1, logp.shape[1])
+    env = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(x, (w // 2, w // 2), mode="replicate"), w, 1)
+    return logp - env.reshape(logp.shape[0], logp.shape[2], -1).transpose(1, 2)
+
+
+def _loud_frames(power: Tensor, band: slice) -> Tensor:
+    """`b s` bool: frames of the reference within LOUD_DB of its loudest (in `band`)."""
+    energy = power[:, band].sum(1)
+    return energy >= energy.amax(1, keepdim=True) * 10 ** (-LOUD_DB / 10)
+
+
+def _frame_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return ((values * mask).sum(1) / mask.sum(1).clamp_min(1)).float()
+
+
+def _floors(p_ref: Tensor) -> Tensor:
+    """One log floor per clip, from the reference: 100 dB under its loudest bin (silence stays flat)."""
+    return p_ref.flatten(1).amax(1).clamp_min(1e-20) * 1e-10
+
+
+def fine_structure_r(est: Tensor, ref: Tensor, sample_rate: int) -> Tensor:
+    """Does the reconstruction have the reference's harmonics where it has them? Per item, [b].
+
+    2048-point STFT at 16 kHz; per frame the fine structure is the log-power minus its moving
+    average over 200 Hz (what is left once the spectral envelope is removed: the peaks of the
+    partials and the valleys between them), 60 Hz to 4 kHz; the score is the Pearson correlation
+    of the two fine structures, averaged over the frames within 40 dB of the reference's loudest.
+    1 for the reference itself; about 0 for envelope-shaped noise and for the same music 2
+    semitones up (tests/test_metrics.py); 0 where either frame is flat (silence).
+    """
+    _check_same(est, ref, "fine_structure_r")
+    p_est, p_ref = _note_power(est, sample_rate), _note_power(ref, sample_rate)
+    band, floor = _band(*NOTE_BAND), _floors(p_ref)
+    a = _fine(_log_power(p_est, floor))[:, band]
+    b = _fine(_log_power(p_ref, floor))[:, band]
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    den = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
+    r = torch.where(den > 1e-12, (a * b).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den))  # b s
+    return _frame_mean(r, _loud_frames(p_ref, band))
+
+
+def chroma(power: Tensor) -> Tensor:
+    """`b f s` power (2048-point STFT at 16 kHz) -> `b 12 s`: energy per pitch class (C = 0),
+    55 Hz to 4 kHz, each bin given to the pitch class nearest its centre frequency."""
+    band = _band(*CHROMA_BAND)
+    freqs = torch.arange(power.shape[1], dtype=torch.float64)[band] * NOTE_RATE / NOTE_FFT
+    pc = (torch.round(12 * torch.log2(freqs / 440.0)).long() + 9) % 12   # A = 9
+    onehot = torch.nn.functional.one_hot(pc, 12).to(power.dtype)         # f 12
+    return torch.einsum("bfs,fc->bcs", power[:, band], onehot)
+
+
+def chroma_similarity(est: Tensor, ref: Tensor, sample_rate: int) -> Tensor:
+    """Are the same pitch classes sounding? Per item, [b]: the cosine between the 12 pitch-class
+    energies (`chroma`) of the two, per frame, averaged over the frames within 40 dB of the
+    reference's loudest. 1 for the reference itself, about 0.5 for envelope-shaped noise (a flat
+    chroma against a peaked one), low for a transposition; 0 for silence."""
+    _check_same(est, ref, "chroma_similarity")
+    p_est, p_ref = _note_power(est, sample_rate), _note_power(ref, sample_rate)
+    c_est, c_ref = chroma(p_est), chroma(p_ref)
+    cos = torch.nn.functional.cosine_similarity(c_est, c_ref, dim=1, eps=1e-300)  # b s
+    return _frame_mean(cos, _loud_frames(p_ref, _band(*CHROMA_BAND)))
+
+
+def _check_same(est: Tensor, ref: Tensor, name: str) -> None:
+    if est.shape != ref.shape:
+        raise ValueError(f"{name}: est {tuple(est.shape)} and ref {tuple(ref.shape)} must have the same shape")
+    if not (torch.isfinite(est).all() and torch.isfinite(ref).all()):
+        raise ValueError(f"{name}: est and ref must be finite (NaN or inf samples)")
+
+
+def envelope_noise(x: Tensor, sample_rate: int, seed: int = 0, smooth_hz: float = SMOOTH_HZ) -> Tensor:
+    """A degenerate output to validate metrics on: `x` (`b 1 n`) with its STFT magnitude smoothed
+    over `smooth_hz` along frequency and its phase random. It keeps the rhythm, the loudness and the
+    spectral envelope and has no notes at all: ViSQOL and the mel distance rate it well, the note
+    metrics above must not."""
+    n_fft = 2 ** round(math.log2(0.064 * sample_rate))  # 64 ms
+    win = torch.hann_window(n_fft, dtype=x.dtype)
+    spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, n_fft // 4, window=win, return_complex=True)
+    w = int(round(smooth_hz * n_fft / sample_rate)) | 1
+    mag = spec.abs().transpose(1, 2).reshape(-1, 1, spec.shape[1])
+    mag = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(mag, (w // 2, w // 2), mode="replicate"), w, 1)
+    mag = mag.reshape(spec.shape[0], spec.shape[2], -1).transpose(1, 2)
+    g = torch.Generator().manual_seed(seed)
+    phase = 2 * math.pi * torch.rand(mag.shape, generator=g, dtype=mag.dtype)
+    y = torch.istft(torch.polar(mag, phase), n_fft, n_fft // 4, window=win, length=x.shape[-1])
+    return y.reshape(x.shape)

@@ -40,6 +40,7 @@ def collect_results(cfg: PipelineConfig) -> dict:
         dep = json.loads(dep_file.read_text()) if dep_file.is_file() else None
         codecs.append({
             "codec": name, "lambda": lam, "align": cfg.align, "steps": final["step"],
+            "fine_structure_r": final.get("fine_structure_r"), "chroma": final.get("chroma"),
             "visqol": final.get("visqol"), "sisnr_db": final["sisnr_db"], "mel_distance": final["mel_distance"],
             "usage_ratio_min": final["usage_perplexity_ratio_min"],
             "code_entropy_bits": dep["summary"]["entropy_mean"] if dep else None,
@@ -85,13 +86,15 @@ def results_markdown(results: dict) -> str:
     lines = [f"Run `{c['run_dir']}`: codec preset `{c['codec_preset']}`, LM preset `{c['lm_preset']}`, "
              f"device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
              "notebooks/05_report.ipynb.", "",
-             "Codec scores on the validation clips of its last evaluation (ViSQOL: MOS-LQO, 1 to 4.73, "
-             "on the first of them; mel distance and SI-SNR on all).", "",
-             "| codec | λ | ViSQOL ↑ | mel dist. ↓ | SI-SNR (dB) ↑ | code entropy (bits) | NMI lag 0 ↓ | NMI delay ↓ "
-             "| MMD² delay ↓ | p-value (indep.) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Codec scores on the validation clips of its last evaluation (fine-structure r and chroma: are the "
+             "notes there, 1 = the original's, envelope-shaped noise ≈ 0 and 0.5; ViSQOL: MOS-LQO, 1 to 4.73, on "
+             "the first clips; mel distance and SI-SNR on all).", "",
+             "| codec | λ | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel dist. ↓ | SI-SNR (dB) ↑ | code entropy (bits) "
+             "| NMI lag 0 ↓ | NMI delay ↓ | MMD² delay ↓ | p-value (indep.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["codecs"]:
-        lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r.get('visqol'), '.2f')} | {_cell(r['mel_distance'], '.3f')} "
+        lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r.get('fine_structure_r'), '.3f')} "
+                     f"| {_cell(r.get('chroma'), '.3f')} | {_cell(r.get('visqol'), '.2f')} | {_cell(r['mel_distance'], '.3f')} "
                      f"| {_cell(r['sisnr_db'], '.1f')} "
                      f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
                      f"| {_cell(r['p_value_delay'], '.3f')} |")
@@ -128,8 +131,8 @@ def _stats(values: list) -> dict:
             "n": len(v), "values": v.tolist()}
 
 
-PAIRED_CODEC = ("nmi_delay", "nmi_lag0", "mmd_delay", "visqol", "mel_distance", "code_entropy_bits",
-                "usage_perplexity_ratio_min")
+PAIRED_CODEC = ("nmi_delay", "nmi_lag0", "mmd_delay", "fine_structure_r", "chroma", "visqol", "mel_distance",
+                "code_entropy_bits", "usage_perplexity_ratio_min")
 PAIRED_LM = ("bits_per_frame", "gap_vs_flatten", "depth_gap_bits", "fad_logmel_gen")
 
 
@@ -239,15 +242,16 @@ def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep"
                   "Bits/frame: test clips in windows of the LM's training crop; depth gap: bits/frame the factorised "
                   "LM gives up within a step; `depth`: the parallel trunk with its depth head, the joint model in T "
                   "steps.", "",
-                  "| codec | pattern | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ | MMD² delay ↓ | bits/frame ↓ "
-                  "| − flatten | depth gap "
+                  "| codec | pattern | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ "
+                  "| MMD² delay ↓ | bits/frame ↓ | − flatten | depth gap "
                   + "".join(f"| FAD {e} rec. ↓ | FAD {e} gen. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
-                  "|---" * (12 + 2 * len(embedders)) + "|"]
+                  "|---" * (14 + 2 * len(embedders)) + "|"]
         codec_rows = {c["codec"]: c for c in a["codecs"]}
         for r in a["lms"]:
             c = codec_rows[r["codec"]]
             lines.append(
-                f"| {r['codec']} | {r['pattern']} | {_ms(c.get('visqol'), '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {r['codec']} | {r['pattern']} | {_ms(c.get('fine_structure_r'), '.3f')} | {_ms(c.get('chroma'), '.3f')} "
+                f"| {_ms(c.get('visqol'), '.2f')} | {_ms(c['mel_distance'], '.3f')} "
                 f"| {_ms(c.get('code_entropy_bits'), '.2f')} "
                 f"| {_ms(c['nmi_delay'], '.3f')} | {_ms(c['mmd_delay'], '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
                 f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} | {_ms(r.get('depth_gap_bits'), '.3f')} "

@@ -5,7 +5,9 @@ import torch
 
 from mmdlib.anchors import opus_available, opus_roundtrip
 from mmdlib.synth import synth_clip
-from mmdlib.metrics import bitrate, codebook_usage, mel_distance, si_snr, visqol
+import torchaudio.functional as AF
+from mmdlib.metrics import (bitrate, chroma_similarity, codebook_usage, envelope_noise, fine_structure_r, mel_distance,
+                            si_snr, visqol)
 
 SR = 16000
 
@@ -171,3 +173,70 @@ def test_opus_roundtrip_is_aligned_and_better_at_higher_bitrate():
     assert si_snr(high, x) > 5
     with pytest.raises(ValueError, match="kbps"):
         opus_roundtrip(x, SR, 3)
+
+
+# ---------------------------------------------------------------- metrics that hear notes
+# Validated on the degenerate outputs that fooled ViSQOL and the mel distance: the same music with no
+# notes (envelope-shaped noise), the same music transposed, silence, and added noise.
+
+
+def _clips(n=3, seconds=2.0):
+    return torch.cat([_music(seed=s, seconds=seconds) for s in range(n)])  # n 1 samples
+
+
+def test_note_metrics_self_is_one_and_silence_zero():
+    x = _clips()
+    torch.testing.assert_close(fine_structure_r(x, x, SR), torch.ones(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(chroma_similarity(x, x, SR), torch.ones(3), atol=1e-6, rtol=0)
+    assert torch.equal(fine_structure_r(torch.zeros_like(x), x, SR), torch.zeros(3))
+    assert torch.equal(chroma_similarity(torch.zeros_like(x), x, SR), torch.zeros(3))
+
+
+def _chords(shift=0.0, seconds=2.0):
+    """Three held chords (C, F, G major; 8 harmonics each note, 1/h), `shift` semitones up: 3 1 n."""
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    h = torch.arange(1, 9, dtype=torch.float64)[:, None]
+    out = []
+    for root in (60, 65, 67):
+        f0 = [440 * 2 ** ((root + i + shift - 69) / 12) for i in (0, 4, 7)]
+        out.append(sum((torch.sin(2 * math.pi * f * h * t) / h).sum(0) for f in f0))
+    x = torch.stack(out)[:, None].float()
+    return 0.5 * x / x.abs().amax(-1, keepdim=True)
+
+
+def test_note_metrics_reject_envelope_noise_and_transposition():
+    x = _clips()
+    noise = envelope_noise(x, SR)
+    # what fooled the older metrics: the envelope is right (low mel distance against a transposition)
+    assert (mel_distance(noise, x, SR) < 1.5).all()
+    assert fine_structure_r(noise, x, SR).abs().max() < 0.15
+    assert chroma_similarity(noise, x, SR).max() < 0.65      # a flat chroma against a peaked one
+    chords, up2 = _chords(), _chords(shift=2)                # the same chords a whole tone up
+    assert fine_structure_r(up2, chords, SR).abs().max() < 0.15
+    assert chroma_similarity(up2, chords, SR).max() < 0.4
+    assert fine_structure_r(_chords(shift=0.05), chords, SR).min() > 0.8  # 5 cents: the same notes
+
+
+def test_note_metrics_fall_with_added_noise():
+    x = _clips()
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g)
+    noise *= x.pow(2).mean((1, 2), keepdim=True).sqrt() / noise.pow(2).mean((1, 2), keepdim=True).sqrt()
+    r = torch.stack([fine_structure_r(x + noise * 10 ** (-snr / 20), x, SR) for snr in (40, 30, 20, 10, 0, -10)])
+    assert (r[:-1] > r[1:]).all(), r                         # every clip, every step of noise
+    c = torch.stack([chroma_similarity(x + noise * 10 ** (-snr / 20), x, SR) for snr in (10, 0, -10, -20)])
+    assert (c[:-1] > c[1:]).all(), c
+
+
+def test_note_metrics_resample_and_check_input():
+    x = _clips(n=1)
+    x32 = AF.resample(x, SR, 32000)
+    assert fine_structure_r(x32, x32, 32000).item() == pytest.approx(1.0)
+    # the same audio at another rate reads the same notes
+    assert fine_structure_r(x32[..., ::2], x, SR).item() > 0.9
+    with pytest.raises(ValueError, match="same shape"):
+        fine_structure_r(x[..., :-1], x, SR)
+    with pytest.raises(ValueError, match="finite"):
+        chroma_similarity(x * float("nan"), x, SR)
+    with pytest.raises(ValueError, match="mono"):
+        chroma_similarity(x.expand(1, 2, -1), x.expand(1, 2, -1), SR)

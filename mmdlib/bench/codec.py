@@ -1,13 +1,17 @@
 """`python -m mmdlib.bench codec`: train the tiny codec as `python -m mmdlib.train_codec` does, and
-measure it where a listener would: ViSQOL and mel distance on held-out music, beside Opus.
+measure it where a listener would: are the notes there, and how does it sound, on held-out music,
+beside Opus.
 
 For each data set (synthetic music; the supertux soundtrack when `data/external/supertux` exists,
 see scripts/get_supertux_music.sh) it trains the `tiny` preset on that data's train split and
-scores it on `--clips` clips of 4 s of its test split (music it never trained on): ViSQOL (audio
-mode, MOS-LQO), mel distance, SI-SNR, smallest codebook usage. The same clips go through Opus
-at 6 and 12 kbps (the anchor rows; skipped with a note when opus-tools are not installed).
-Training time, throughput and peak memory are the synthetic run's. `--checkpoint` scores a
-trained codec.pt on synthetic music instead of training.
+scores it on `--clips` clips of 4 s of its test split (music it never trained on): fine-structure
+correlation and chroma similarity (the notes), ViSQOL (audio mode, MOS-LQO), mel distance,
+SI-SNR, smallest codebook usage. The same clips go through Opus at 6 and 12 kbps (the anchor rows;
+skipped with a note when opus-tools are not installed), and, as a check of the metrics themselves,
+through `envelope_noise` (the same clips with no notes at all: the note metrics must score it
+near 0 and 0.5, whatever ViSQOL and the mel distance say). Training time, throughput and peak
+memory are the synthetic run's. `--checkpoint` scores a trained codec.pt on synthetic music
+instead of training.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from ..anchors import OPUS_INSTALL, opus_available, opus_roundtrip
 from ..codec import Codec
 from ..data import make_dataset
 from ..evaluate import evaluate_codec
-from ..metrics import bitrate, mel_distance, si_snr, visqol
+from ..metrics import bitrate, chroma_similarity, envelope_noise, fine_structure_r, mel_distance, si_snr, visqol
 from ..params import resolve
 from ..train_codec import train_codec, train_preset
 from .common import peak_rss_mib, report
@@ -39,24 +43,34 @@ def held_out_clips(data: str, sample_rate: int, clips: int, seconds: float = 4.0
     return torch.utils.data.Subset(test, range(min(clips, len(test))))
 
 
+METRICS = ("fine_structure_r", "chroma", "visqol", "mel_distance")  # the columns, each with its SD over clips
+
+
 def score(codec: Codec, clips) -> dict:
     m = evaluate_codec(codec, clips, batch_size=8, n_visqol=len(clips))
     q = codec.cfg.quantizer
-    return {"visqol": m["visqol"], "visqol_sd": statistics.stdev(m["visqol_clips"]),
-            "mel_distance": m["mel_distance"], "mel_sd": statistics.stdev(m["mel_clips"]),
+    per_clip = {"fine_structure_r": "fine_structure_r_clips", "chroma": "chroma_clips", "visqol": "visqol_clips",
+                "mel_distance": "mel_clips"}
+    return {**{k: m[k] for k in METRICS}, **{f"{k}_sd": statistics.stdev(m[v]) for k, v in per_clip.items()},
             "sisnr_db": m["sisnr_db"], "usage_perplexity_ratio_min": m["usage_perplexity_ratio_min"],
             "kbps": bitrate(q.n_q, q.codebook_size, codec.frame_rate) / 1000, "clips": len(clips)}
 
 
-def opus_rows(clips, sample_rate: int) -> dict:
+def score_audio(y: torch.Tensor, x: torch.Tensor, sample_rate: int, kbps: float | None) -> dict:
+    """The same columns for any audio `y` against the clips `x` (the anchors and the metric check)."""
+    values = {"fine_structure_r": fine_structure_r(y, x, sample_rate), "chroma": chroma_similarity(y, x, sample_rate),
+              "visqol": visqol(y, x, sample_rate), "mel_distance": mel_distance(y, x, sample_rate)}
+    return {**{k: v.mean().item() for k, v in values.items()}, **{f"{k}_sd": v.std().item() for k, v in values.items()},
+            "sisnr_db": si_snr(y, x).mean().item(), "kbps": kbps, "clips": len(x)}
+
+
+def anchor_rows(clips, sample_rate: int) -> dict:
+    """Opus at 6 and 12 kbps (when opus-tools are installed) and envelope-shaped noise of the same clips."""
     x = torch.stack([clips[i] for i in range(len(clips))])
-    out = {}
-    for kbps in OPUS_KBPS:
-        y = opus_roundtrip(x, sample_rate, kbps)
-        v, m = visqol(y, x, sample_rate), mel_distance(y, x, sample_rate)
-        out[f"opus_{kbps}kbps"] = {"visqol": v.mean().item(), "visqol_sd": v.std().item(),
-                                   "mel_distance": m.mean().item(), "mel_sd": m.std().item(),
-                                   "sisnr_db": si_snr(y, x).mean().item(), "kbps": kbps, "clips": len(x)}
+    out = {"envelope noise (no notes)": score_audio(envelope_noise(x, sample_rate), x, sample_rate, None)}
+    if opus_available():
+        out |= {f"opus_{kbps}kbps": score_audio(opus_roundtrip(x, sample_rate, kbps), x, sample_rate, kbps)
+                for kbps in OPUS_KBPS}
     return out
 
 
@@ -64,8 +78,8 @@ def train(data: str, args, cache_dir: str | None) -> tuple[Codec, dict]:
     overrides = dict(data=data, seed=args.seed, cache_dir=cache_dir)
     if args.steps:
         overrides["steps"] = args.steps
-    cfg = train_preset("tiny", **overrides)
-    name = "synthetic" if data == "synthetic" else Path(data).name
+    cfg = train_preset(args.preset, **overrides)
+    name = ("synthetic" if data == "synthetic" else Path(data).name) + ("" if args.preset == "tiny" else f"_{args.preset}")
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="mmdlib-bench-codec-")) / name
     done = (run_dir / "codec.pt").is_file()
     t0 = time.time()
@@ -79,6 +93,8 @@ def train(data: str, args, cache_dir: str | None) -> tuple[Codec, dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m mmdlib.bench codec", description=__doc__)
     p.add_argument("--checkpoint", help="score this codec.pt on synthetic music instead of training")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "tiny_learned", "tiny_seanet"),
+                   help="codec training preset (tiny_learned: the former tiny codec, to compare against)")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--clips", type=int, default=16, help="held-out clips of 4 s per data set")
     p.add_argument("--seed", type=int, default=0)
@@ -104,36 +120,32 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             codec, info = train(data, args, cache)
         clips = held_out_clips(data, codec.cfg.sample_rate, args.clips, cache_dir=cache)
-        table[f"{tag}/tiny codec"] = score(codec, clips)
-        if opus_available():
-            table |= {f"{tag}/{k}": v for k, v in opus_rows(clips, codec.cfg.sample_rate).items()}
-        elif tag == "synthetic":
-            notes.append(f"Opus rows skipped: {OPUS_INSTALL}")
+        table[f"{tag}/{args.preset} codec"] = score(codec, clips)
+        table |= {f"{tag}/{k}": v for k, v in anchor_rows(clips, codec.cfg.sample_rate).items()}
         if tag == "synthetic":
             result |= info
+            if not opus_available():
+                notes.append(f"Opus rows skipped: {OPUS_INSTALL}")
     for key, r in table.items():
-        rows.append((key, f"ViSQOL {r['visqol']:.2f} ± {r['visqol_sd']:.2f}, mel {r['mel_distance']:.3f} ± {r['mel_sd']:.3f}, "
-                          f"SI-SNR {r['sisnr_db']:.1f} dB, {r['kbps']:.1f} kbps" +
+        rows.append((key, f"fine-structure r {r['fine_structure_r']:.3f} ± {r['fine_structure_r_sd']:.3f}, "
+                          f"chroma {r['chroma']:.3f} ± {r['chroma_sd']:.3f}, ViSQOL {r['visqol']:.2f} ± {r['visqol_sd']:.2f}, "
+                          f"mel {r['mel_distance']:.3f} ± {r['mel_distance_sd']:.3f}, SI-SNR {r['sisnr_db']:.1f} dB" +
+                          (f", {r['kbps']:.1f} kbps" if r["kbps"] else "") +
                           (f", min usage {r['usage_perplexity_ratio_min']:.2f}" if "usage_perplexity_ratio_min" in r else "")))
-    syn = table["synthetic/tiny codec"]
-    result |= {"visqol": syn["visqol"], "visqol_sd": syn["visqol_sd"], "mel_distance": syn["mel_distance"],
-               "sisnr_db": syn["sisnr_db"], "usage_perplexity_ratio_min": syn["usage_perplexity_ratio_min"],
-               "kbps": syn["kbps"], "clips": syn["clips"]}
-    if "supertux/tiny codec" in table:
-        st = table["supertux/tiny codec"]
-        result |= {"visqol_supertux": st["visqol"], "mel_distance_supertux": st["mel_distance"],
-                   "sisnr_db_supertux": st["sisnr_db"], "usage_perplexity_ratio_min_supertux": st["usage_perplexity_ratio_min"]}
-    for kbps in OPUS_KBPS:
-        if f"synthetic/opus_{kbps}kbps" in table:
-            result[f"opus_{kbps}kbps_visqol"] = table[f"synthetic/opus_{kbps}kbps"]["visqol"]
-            result[f"opus_{kbps}kbps_mel_distance"] = table[f"synthetic/opus_{kbps}kbps"]["mel_distance"]
-        if f"supertux/opus_{kbps}kbps" in table:
-            result[f"opus_{kbps}kbps_visqol_supertux"] = table[f"supertux/opus_{kbps}kbps"]["visqol"]
-            result[f"opus_{kbps}kbps_mel_distance_supertux"] = table[f"supertux/opus_{kbps}kbps"]["mel_distance"]
+    syn = table[f"synthetic/{args.preset} codec"]
+    result |= {k: syn[k] for k in (*METRICS, "visqol_sd", "sisnr_db", "usage_perplexity_ratio_min", "kbps", "clips")}
+    if f"supertux/{args.preset} codec" in table:
+        st = table[f"supertux/{args.preset} codec"]
+        result |= {f"{k}_supertux": st[k] for k in (*METRICS, "sisnr_db", "usage_perplexity_ratio_min")}
+    for tag, suffix in (("synthetic", ""), ("supertux", "_supertux")):
+        for name, prefix in [(f"opus_{kbps}kbps", f"opus_{kbps}kbps_") for kbps in OPUS_KBPS] + [
+                ("envelope noise (no notes)", "envelope_noise_")]:
+            if f"{tag}/{name}" in table:
+                result |= {f"{prefix}{k}{suffix}": table[f"{tag}/{name}"][k] for k in METRICS}
     result |= {"peak_rss_mib": peak_rss_mib(), "table": table, "notes": notes}
     rows += [(k, result[k]) for k in ("train_seconds", "audio_seconds_per_second", "peak_rss_mib") if k in result]
     rows += [("note", n) for n in notes]
-    return report("codec benchmark (tiny preset; held-out test clips of 4 s)", rows, json.loads(json.dumps(result)))
+    return report(f"codec benchmark ({args.preset} preset; held-out test clips of 4 s)", rows, json.loads(json.dumps(result)))
 
 
 if __name__ == "__main__":
