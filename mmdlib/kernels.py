@@ -26,11 +26,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def no_autocast(t: Tensor):
+    """A context with autocast off on t's device: under amp the kernels' matmuls would otherwise run in
+    bf16, where squared distances of a few hundred lose whole units (tests/test_mmd.py)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def sq_dist(u: Tensor, v: Tensor) -> Tensor:
-    """Squared distances [..., m, f], [..., n, f] -> [..., m, n] (via ‖u‖² + ‖v‖² - 2u·v)."""
-    d = u @ v.mT
-    d.mul_(-2).add_((u * u).sum(-1)[..., :, None]).add_((v * v).sum(-1)[..., None, :])
-    return d.clamp_(min=0)
+    """Squared distances [..., m, f], [..., n, f] -> [..., m, n] (via ‖u‖² + ‖v‖² - 2u·v), in u's dtype
+    even under autocast."""
+    with no_autocast(u):
+        d = u @ v.mT
+        d.mul_(-2).add_((u * u).sum(-1)[..., :, None]).add_((v * v).sum(-1)[..., None, :])
+        return d.clamp_(min=0)
 
 
 def kernel_mix(d: Tensor, scales: tuple[float, ...], slope: bool = False) -> Tensor:

@@ -67,7 +67,7 @@ import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
-from .kernels import check_scales, compute_dtype, kernel_mix, sq_dist
+from .kernels import check_scales, compute_dtype, kernel_mix, no_autocast, sq_dist
 from .mmd_expected import mmd2_expected
 from .mmd_rff import mmd2_rff, rff_frequencies
 from .patterns import delay_align
@@ -254,18 +254,19 @@ class _BlockedMMD2(torch.autograd.Function):
         n = x.shape[-2]
         c_xx, c_yy, c_xy = ((grad_out * weights[name])[..., None, None] for name in ("xx", "yy", "xy"))
         grad_x, grad_y = torch.zeros_like(x), torch.zeros_like(y)
-        for start in range(0, n, block_size):
-            stop = min(start + block_size, n)
-            xb, yb = x[..., start:stop, :], y[..., start:stop, :]
-            for name, g in _terms(x, y, sources, start, stop, scales, unbiased, True):
-                row_sum = g.sum(-1)[..., None]  # [..., rows, 1]
-                if name == "xx":  # symmetric: row i's own block gives x_i both of its roles
-                    grad_x[..., start:stop, :] += 2 * c_xx * (xb * row_sum - g @ x)
-                elif name == "yy":
-                    grad_y[..., start:stop, :] += 2 * c_yy * (yb * row_sum - g @ y)
-                else:  # Σ k(x_i, y_j): x_i gets its row, every y_j its column
-                    grad_x[..., start:stop, :] += c_xy * (xb * row_sum - g @ y)
-                    grad_y += c_xy * (y * g.sum(-2)[..., None] - g.mT @ xb)
+        with no_autocast(x):  # float32 matmuls even when backward runs inside autocast
+            for start in range(0, n, block_size):
+                stop = min(start + block_size, n)
+                xb, yb = x[..., start:stop, :], y[..., start:stop, :]
+                for name, g in _terms(x, y, sources, start, stop, scales, unbiased, True):
+                    row_sum = g.sum(-1)[..., None]  # [..., rows, 1]
+                    if name == "xx":  # symmetric: row i's own block gives x_i both of its roles
+                        grad_x[..., start:stop, :] += 2 * c_xx * (xb * row_sum - g @ x)
+                    elif name == "yy":
+                        grad_y[..., start:stop, :] += 2 * c_yy * (yb * row_sum - g @ y)
+                    else:  # Σ k(x_i, y_j): x_i gets its row, every y_j its column
+                        grad_x[..., start:stop, :] += c_xy * (xb * row_sum - g @ y)
+                        grad_y += c_xy * (y * g.sum(-2)[..., None] - g.mT @ xb)
         return grad_x, grad_y, None, None, None, None, None
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import check_scales, compute_dtype, sq_dist
+from .kernels import check_scales, compute_dtype, no_autocast, sq_dist
 
 
 def expected_from_sums(xx: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -124,8 +124,9 @@ class _ExpectedMMD2(torch.autograd.Function):
                     w = big_m[s, g] - big_r[s, g, start:stop, None] - big_r[s, g, None, :]
                     w.mul_(torch.mul(d, -0.5 / a).exp_()).add_(j)
                     weights[g].add_(w, alpha=-c / a)
-            for g, (p, w) in enumerate(zip(parts, weights)):
-                grads[g][start:stop] += p[start:stop] * w.sum(-1, keepdim=True) - w @ p
+            with no_autocast(total):  # float32 matmuls even when backward runs inside autocast
+                for g, (p, w) in enumerate(zip(parts, weights)):
+                    grads[g][start:stop] += p[start:stop] * w.sum(-1, keepdim=True) - w @ p
         return (None, None, *(grad_out * gr for gr in grads))
 
 

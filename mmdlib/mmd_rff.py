@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .kernels import kernel_mix
+from .kernels import kernel_mix, no_autocast
 
 
 def rff_frequencies(
@@ -28,7 +28,8 @@ def rff_frequencies(
 
 def _feature_sum(x: Tensor, w: Tensor) -> Tensor:
     """Σ_i φ(x_i)·√m = Σ_i [cos(x_i W), sin(x_i W)]: [n, f] -> [2F]."""
-    p = x @ w
+    with no_autocast(x):
+        p = x @ w
     return torch.cat([torch.cos(p).sum(0), torch.sin(p).sum(0)])
 
 

@@ -438,3 +438,23 @@ def test_gradcheck_with_expected_pairs():
     sources = torch.stack([torch.randperm(12, generator=g) for _ in range(3)])
     assert torch.autograd.gradcheck(
         lambda a, b: mmd2(a, b, (0.5, 2.0), "unbiased", 5, sources=sources, expected_pairs=expected_pairs(12, 3)), (x, y))
+
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "expected", "rff"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_bf16_autocast_keeps_the_mmd_in_float32(estimator, normalize):
+    """Under autocast (`amp=true`) the distance matmuls must not run in bf16: squared distances of a
+    few hundred lose whole units there, and the loss and its gradient move far more than 1e-3."""
+    s = dependent_streams(d=32, t=64, seed=16)  # K·D = 96: standardised squared distances near 190
+    cfg = MMDConfig(align="none", estimator=estimator, n_features=256, normalize_distance=normalize)
+    ref_in = s.clone().requires_grad_(True)
+    reference = mmd_independence(ref_in, cfg, seed=0)
+    reference.backward()
+    x = s.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = mmd_independence(x, cfg, seed=0)
+    value.backward()
+    assert value.dtype == torch.float32
+    assert torch.allclose(value, reference, rtol=1e-3, atol=0), (value.item(), reference.item())
+    assert torch.allclose(x.grad, ref_in.grad, rtol=1e-3, atol=1e-3 * ref_in.grad.abs().max().item())

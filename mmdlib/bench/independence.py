@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"data": args.data, "steps": base.steps, "lambda": lam, "align": args.align,
               "estimator": args.estimator, "raw_distance": args.raw_distance}
     rows = []
-    for name, weight in (("lambda0", 0.0), ("lambda", lam)):
+    for name, weight in (("codec_lambda0", 0.0), ("codec_lambda", lam)):  # "lambda" stays the weight
         variant = bool(weight) and args.estimator != "unbiased"  # λ = 0: the same baseline for every variant
         mmd = dataclasses.replace(base.mmd, align=args.align, estimator=args.estimator if variant else "unbiased",
                                   normalize_distance=base.mmd.normalize_distance and not (args.raw_distance and weight))
@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
         out = run_dir / (codec_name(weight, args.align) + (f"_{args.estimator}" if variant else ""))  # notebooks' layout
         final = train_codec(cfg, out)["history"][-1]
         result[name] = {k: v for k, v in held_out(Codec.load(out / "codec.pt"), cfg).items() if k in KEYS}
-        result[name]["train_seconds"] = final["seconds"]  # of the session that finished the run
+        result[name]["train_seconds"] = final["seconds"]  # all sessions of the run (to its last evaluation)
         rows += [(f"{name}.{k}", v) for k, v in result[name].items()]
-    result["nmi_delay_lower"] = result["lambda"]["nmi_delay"] < result["lambda0"]["nmi_delay"]
-    result["mmd_lower"] = result["lambda"]["mmd"] < result["lambda0"]["mmd"]
-    result["mmd_normalized_lower"] = result["lambda"]["mmd_normalized"] < result["lambda0"]["mmd_normalized"]
-    result["sisnr_cost_db"] = result["lambda0"]["sisnr_db"] - result["lambda"]["sisnr_db"]
-    result["visqol_cost"] = result["lambda0"]["visqol"] - result["lambda"]["visqol"]
-    result["mel_cost"] = result["lambda"]["mel_distance"] - result["lambda0"]["mel_distance"]
+    result["nmi_delay_lower"] = result["codec_lambda"]["nmi_delay"] < result["codec_lambda0"]["nmi_delay"]
+    result["mmd_lower"] = result["codec_lambda"]["mmd"] < result["codec_lambda0"]["mmd"]
+    result["mmd_normalized_lower"] = result["codec_lambda"]["mmd_normalized"] < result["codec_lambda0"]["mmd_normalized"]
+    result["sisnr_cost_db"] = result["codec_lambda0"]["sisnr_db"] - result["codec_lambda"]["sisnr_db"]
+    result["visqol_cost"] = result["codec_lambda0"]["visqol"] - result["codec_lambda"]["visqol"]
+    result["mel_cost"] = result["codec_lambda"]["mel_distance"] - result["codec_lambda0"]["mel_distance"]
     result["peak_rss_mib"] = peak_rss_mib()
     rows += [(k, result[k]) for k in ("nmi_delay_lower", "mmd_lower", "mmd_normalized_lower", "visqol_cost", "mel_cost",
                                      "sisnr_cost_db", "peak_rss_mib")]
