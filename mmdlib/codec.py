@@ -64,14 +64,21 @@ class CodecConfig:
 
 
 CODEC_PRESETS: dict[str, CodecConfig] = {
-    # 16 kHz, 50 Hz latent frames, 4 x 256 codes (1.6 kbps): a frame-rate MLP encoder and an iSTFT
-    # decoder (mmdlib.spectral) that trains to music-grade reconstructions on a 2-core CPU in minutes.
+    # 16 kHz, 50 Hz latent frames, 4 x 256 codes (1.6 kbps): a frame-rate MLP encoder and an iSTFT decoder
+    # (mmdlib.spectral) that predicts the magnitude and the phase advance of every bin of a 640-point STFT
+    # hopped by 320 (one frame per latent frame) and locks the bins of each partial: it carries the notes.
     # 8 x 50 = 400 vectors a batch for 256 codes: a code is dead below 0.5 uses (EMA)
     "tiny": CodecConfig(
+        sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=64, hop=320, down=1, phase="advance"),
+        quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256, threshold_ema_dead_code=0.5),
+    ),
+    # The former tiny codec: the same MLPs, 2 STFT frames of hop 160 a latent frame and a learned phase. It
+    # keeps the rhythm and the envelope, not the notes (README, "The tiny codec"); kept to compare against.
+    "tiny_learned": CodecConfig(
         sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=64),
         quantizer=QuantizerConfig(dim=64, n_q=4, codebook_size=256, threshold_ema_dead_code=0.5),
     ),
-    # The former tiny codec: a small SEANet (hop 320). Its reconstructions are a tonal smear at this
+    # The tiny codec before that: a small SEANet (hop 320). Its reconstructions are a tonal smear at this
     # budget (README, "The tiny codec"); kept to compare against.
     "tiny_seanet": CodecConfig(
         sample_rate=16000,
@@ -99,7 +106,8 @@ class CodecOutput:
     codes: torch.Tensor        # b k t
     streams: torch.Tensor      # b k d t, residual after each stage (quantized part detached)
     commit_loss: torch.Tensor  # scalar
-    logmag: torch.Tensor | None = None  # spectral decoder: its predicted log-magnitude `b c f s`
+    logmag: torch.Tensor | None = None   # spectral decoder: its predicted log-magnitude `b c f s`
+    advance: torch.Tensor | None = None  # ... and phase advance `b c f s` (phase="advance"; spectral_losses)
 
 
 class Codec(nn.Module):
@@ -131,10 +139,10 @@ class Codec(nn.Module):
         z = self.encoder(self._check(wav))
         q = self.quantizer(z)
         if self.cfg.arch == "spectral":
-            wav_hat, logmag = self.decoder(q.quantized, return_logmag=True)
+            wav_hat, logmag, advance = self.decoder(q.quantized, return_spectra=True)
         else:
-            wav_hat, logmag = self.decoder(q.quantized), None
-        return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag)  # float32 audio under autocast
+            wav_hat, logmag, advance = self.decoder(q.quantized), None, None
+        return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag, advance)  # float32 audio under autocast
 
     def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Residual streams `b k d t` with gradient to the encoder, quantizer buffers untouched.

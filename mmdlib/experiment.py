@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -39,8 +38,7 @@ from .layout import write_json
 from .params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
 from .report import add_gap, aggregate, report_markdown
 from .stages import (DEPTH_TRUNK, codec_train_config, dataset, depth_run, generate_run, load_codec, models, sample_rate,
-                     train_codec_run, train_lm_run)
-from .train_codec import fork_checkpoint, train_codec
+                     forked_codec_run, train_lm_run)
 
 
 @dataclass(frozen=True)
@@ -104,21 +102,10 @@ def codecs(sweep: SweepConfig, cfg: PipelineConfig) -> list[tuple[PipelineConfig
 
 
 def train_codecs(sweep: SweepConfig, cfg: PipelineConfig) -> None:
-    """Train every codec of (data, seed): the shared prefix to mmd_start, then each λ from it
-    (with mmd_start = 0, as in the paper preset, every codec trains from scratch)."""
-    base = codec_train_config(cfg, 0.0)
-    prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
-    todo = [(c, lam) for c, lam in codecs(sweep, cfg) if not (c.layout.codec(lam) / "codec.pt").is_file()]
-    if not todo:
-        return
-    if base.mmd_start and not prefix.is_file():
-        train_codec(base, cfg.layout.codec(0.0), stop_at=base.mmd_start, progress=False)
-        shutil.copyfile(cfg.layout.codec(0.0) / "checkpoint.pt", prefix)
-    for c, lam in todo:
-        if lam and base.mmd_start and not (c.layout.codec(lam) / "checkpoint.pt").is_file():
-            fork_checkpoint(prefix, codec_train_config(c, lam), c.layout.codec(lam))
-        train_codec_run(c, lam)
-        print(f"  codec {c.layout.codec_name(lam)} done", flush=True)
+    """Train every codec of (data, seed), the λ > 0 ones forked from the λ = 0 run at mmd_start."""
+    for c, lam in codecs(sweep, cfg):
+        if forked_codec_run(c, lam):
+            print(f"  codec {c.layout.codec_name(lam)} done", flush=True)
 
 
 def _embed(embedders: dict, wav: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:

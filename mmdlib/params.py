@@ -51,9 +51,10 @@ class PipelineConfig:
 
     # codecs (01): one per MMD weight λ, trained with mmdlib.train_codec
     codec_preset: str = "tiny"                  # train_codec.TRAIN_PRESETS (also the codec architecture)
-    codec_steps: int | None = 600               # None: the training preset's own
-    codec_mmd_start: int | None = None          # step the MMD loss starts at; None: the preset's own
-    codec_eval_every: int | None = 200          # None: the training preset's own
+    codec_steps: int | None = 1200              # None: the training preset's own (2400 for tiny)
+    codec_mmd_start: int | None = 800           # step the MMD loss starts at (the λ > 0 codecs fork from the
+                                                # λ = 0 one there); None: the preset's own
+    codec_eval_every: int | None = 400          # None: the training preset's own
     lambdas: tuple[float, ...] = (0.0, 100.0)   # MMD weights; 0 is the baseline codec
     align: str = "delay"                        # MMD pairing of the streams: "delay" or "none"
     # data: "synthetic" or a folder of audio files

@@ -34,19 +34,22 @@ def log_spectrogram(wav, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
 
 
 def spectrograms(wavs: list, sample_rate: int, titles: list[str] | None = None, ncols: int = 2,
-                 vmin: float = -80.0):
-    """A grid of log spectrograms (frequency in kHz, time in s)."""
+                 vmin: float = -80.0, n_fft: int = 1024, fmax: float | None = None):
+    """A grid of log spectrograms (frequency in kHz, time in s). `n_fft=2048, fmax=2000` zooms in where
+    the notes are: at 16 kHz 7.8 Hz bins, each partial of a note its own line."""
     n = len(wavs)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.0 * nrows), squeeze=False, layout="constrained")
+    top = sample_rate / 2 if fmax is None else min(fmax, sample_rate / 2)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
             continue
-        s = log_spectrogram(wavs[i])
+        s = log_spectrogram(wavs[i], n_fft, n_fft // 4)
+        s = s[: int(round(top * n_fft / sample_rate)) + 1]
         dur = _np(wavs[i]).size / sample_rate
         im = ax.imshow(s, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=max(vmin + 1, s.max()),
-                       extent=(0, dur, 0, sample_rate / 2000))
+                       extent=(0, dur, 0, top / 1000))
         ax.set(xlabel="time (s)", ylabel="kHz", title=titles[i] if titles else None)
         ax.grid(False)
     fig.colorbar(im, ax=axes, shrink=0.8, label="dB")  # constrained layout: no title/label collisions
@@ -63,16 +66,17 @@ def waveforms(wavs: list, sample_rate: int, titles: list[str] | None = None):
     return fig
 
 
-def codec_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("mel_distance", "sisnr_db",
+def codec_curves(histories: dict[str, list[dict]], keys: tuple[str, ...] = ("chroma", "mel_distance",
                  "nmi_delay", "mmd")):
     """Validation metrics against training step, one line per codec."""
-    labels = {"sisnr_db": "SI-SNR (dB) ↑", "mel_distance": "mel distance ↓", "nmi_delay": "NMI, delay-aligned ↓",
+    labels = {"chroma": "chroma similarity (the notes) ↑", "fine_structure_r": "fine-structure r (the notes) ↑",
+              "sisnr_db": "SI-SNR (dB) ↑", "mel_distance": "mel distance ↓", "nmi_delay": "NMI, delay-aligned ↓",
               "nmi_lag0": "NMI, lag 0 ↓", "mmd": "MMD² (joint vs shuffled) ↓",
               "usage_perplexity_ratio_min": "min codebook usage (perplexity / size) ↑"}
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for ax, key in zip(np.atleast_1d(axes), keys):
         for name, hist in histories.items():
-            ax.plot([h["step"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=name)
+            ax.plot([h["step"] for h in hist], [h.get(key, np.nan) for h in hist], marker="o", ms=3, label=name)
         ax.set(xlabel="step", title=labels.get(key, key))
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()

@@ -5,6 +5,7 @@ weight λ of a codec, an LM's pattern), reads and writes under `cfg.layout` (mmd
 reloads instead of recomputing what an earlier call finished:
 
     train_codec_run(cfg, lam)          01: train (or resume, or reload) the codec of weight λ
+    forked_codec_run(cfg, lam)         01: the same, the λ > 0 codecs forked from λ = 0 at mmd_start
     reconstruct_run(cfg, lam, clips)   01: its reconstructions of some clips, saved, with their scores
     tokens(cfg, lam, split)            02/03: the codes of the train/valid clips, cached
     dependence_run(cfg, lam)           02: MI/NMI of the codes, MMD² and permutation tests
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -31,11 +33,11 @@ from .dependence import dependence_summary, pairwise_mi, permutation_test
 from .layout import write_json
 from .depth import DEPTH_PRESETS, DepthHead, factorisation_gap, generate_depth
 from .lm import TokenLM, bits_per_codebook, lm_config
-from .metrics import mel_distance, si_snr, visqol
+from .metrics import chroma_similarity, fine_structure_r, mel_distance, si_snr, visqol
 from .mmd import mmd_independence
 from .params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
 from .sampling import generate
-from .train_codec import TRAIN_PRESETS, train_codec, train_preset
+from .train_codec import TRAIN_PRESETS, fork_checkpoint, train_codec, train_preset
 from .train_lm import LM_TRAIN_PRESETS, train_lm
 
 
@@ -111,7 +113,8 @@ def train_codec_run(cfg: PipelineConfig, lam: float) -> dict:
 def reconstruct_run(cfg: PipelineConfig, lam: float, clips: list[torch.Tensor], codec: Codec | None = None
                     ) -> tuple[list[torch.Tensor], dict]:
     """Codec `lam`'s reconstructions of `clips` (each `1 n`), written to <codec folder>/recon/clip<i>.wav,
-    and their scores against the clips: {"clip i": {"ViSQOL", "mel distance", "SI-SNR (dB)"}}."""
+    and their scores against the clips: {"clip i": {"fine-structure r", "chroma", "ViSQOL", "mel distance",
+    "SI-SNR (dB)"}}."""
     codec = codec or load_codec(cfg, lam)
     sr = codec.cfg.sample_rate
     folder = cfg.layout.codec(lam) / "recon"
@@ -120,11 +123,31 @@ def reconstruct_run(cfg: PipelineConfig, lam: float, clips: list[torch.Tensor], 
     for i, x in enumerate(clips):
         y = codec(x[None].to(cfg.device)).wav[0].cpu()
         save_audio(folder / f"clip{i}.wav", y, sr)
-        scores[f"clip {i}"] = {"ViSQOL": visqol(y[None], x[None], sr).item(),
+        scores[f"clip {i}"] = {"fine-structure r": fine_structure_r(y[None], x[None], sr).item(),
+                               "chroma": chroma_similarity(y[None], x[None], sr).item(),
+                               "ViSQOL": visqol(y[None], x[None], sr).item(),
                                "mel distance": mel_distance(y[None], x[None], sr).item(),
                                "SI-SNR (dB)": si_snr(y[None], x[None]).item()}
         recon.append(y)
     return recon, scores
+
+
+def forked_codec_run(cfg: PipelineConfig, lam: float) -> dict | None:
+    """train_codec_run, with the shared prefix trained once: the λ = 0 run saves its checkpoint at
+    mmd_start (run_dir/prefix_step<mmd_start>.pt) on its way, and the λ > 0 codecs fork from it
+    (until mmd_start their training is the same, `train_codec.fork_checkpoint`; without the prefix they
+    train from scratch, to the same result). None when the codec was finished already."""
+    out = cfg.layout.codec(lam)
+    if (out / "codec.pt").is_file() and (out / "metrics.json").is_file():
+        return None
+    base, base_dir = codec_train_config(cfg, 0.0), cfg.layout.codec(0.0)
+    prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
+    if base.mmd_start and not prefix.is_file() and not (base_dir / CHECKPOINT).is_file():
+        train_codec(base, base_dir, stop_at=base.mmd_start, progress=False)
+        shutil.copyfile(base_dir / CHECKPOINT, prefix)
+    if lam and prefix.is_file() and not (out / CHECKPOINT).is_file():
+        fork_checkpoint(prefix, codec_train_config(cfg, lam), out)
+    return train_codec_run(cfg, lam)
 
 
 def load_codec(cfg: PipelineConfig, lam: float) -> Codec:

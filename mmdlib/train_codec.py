@@ -37,7 +37,7 @@ from .losses import (LossBalancer, MultiResolutionSTFTLoss, MultiScaleMelLoss, f
                      hinge_g_loss, l1_wave)
 from .mmd import MMDConfig, gather_streams, mmd_independence
 from .overrides import apply_overrides
-from .spectral import log_magnitude
+from .spectral import spectral_losses
 
 
 @dataclass
@@ -64,6 +64,8 @@ class CodecTrainConfig:
     w_stft: float = 0.0             # multi-resolution linear STFT loss (0: off)
     w_spec: float = 0.0             # spectral codec: L1 between its predicted log-magnitude and the
                                     # input's (the decoder's own STFT; outside the balancer)
+    w_advance: float = 0.0          # spectral codec with phase="advance": its predicted phase advance against
+                                    # the input's (mmdlib.spectral.spectral_losses)
     discriminator: bool = False     # MS-STFT discriminator: adversarial + feature matching
     discriminator_size: str = "tiny"  # DiscriminatorConfig.tiny() or .paper()
     balancer: bool = False
@@ -107,12 +109,17 @@ class CodecTrainConfig:
 
 
 TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
-    # The spectral tiny codec learns from spectra: mel loss at full weight plus the decoder's own
-    # log-magnitude (w_spec); the waveform L1 only as a small anchor (with w_l1=1, w_mel=0.05 the
-    # former SEANet codec chased SI-SNR and lost the notes). lr decayed to a tenth.
+    # The tiny codec learns from its own spectra only: the L1 of its predicted log-magnitude (w_spec) and its
+    # phase advances (w_advance). No loss on the waveform: a mel loss, even at weight 0.1, traded the notes for
+    # the envelope, and the waveform L1 is meaningless for a phase the decoder builds itself (README, "The tiny
+    # codec"). 2400 steps (about 12 minutes on 2 cores), lr decayed to a tenth.
     # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder drove
     # the loss to ~0 while its codes got no less dependent (kernels saturate; see the README)
-    "tiny": CodecTrainConfig(lr_final=0.1, w_l1=0.1, w_mel=1.0, w_spec=1.0, mmd=MMDConfig(normalize_distance=True)),
+    "tiny": CodecTrainConfig(steps=2400, eval_every=400, ckpt_every=400, lr_final=0.1, w_l1=0.0, w_mel=0.0, w_spec=1.0,
+                             w_advance=1.0, mmd=MMDConfig(normalize_distance=True)),
+    # the former tiny codec (learned phase): multi-scale mel, its log-magnitude and a small waveform L1
+    "tiny_learned": CodecTrainConfig(preset="tiny_learned", lr_final=0.1, w_l1=0.1, w_mel=1.0, w_spec=1.0,
+                                     mmd=MMDConfig(normalize_distance=True)),
     "tiny_seanet": CodecTrainConfig(preset="tiny_seanet", lr_final=0.1, mmd=MMDConfig(normalize_distance=True)),
     "paper": CodecTrainConfig(
         preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
@@ -236,11 +243,10 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
     mel_loss = MultiScaleMelLoss(codec_cfg.sample_rate).to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)
-    weights = {"l1": cfg.w_l1, "mel": cfg.w_mel}
-    if cfg.w_stft:
-        weights["stft"] = cfg.w_stft
+    weights = {"l1": cfg.w_l1, "mel": cfg.w_mel, "stft": cfg.w_stft}  # the losses on the waveform
     if disc is not None:
         weights |= {"adv": cfg.w_adv, "feat": cfg.w_feat}
+    weights = {k: w for k, w in weights.items() if w}  # a weight of 0 costs nothing (not computed)
     balancer = LossBalancer(weights) if cfg.balancer else None
     train_set, valid_set = make_datasets(cfg, codec_cfg.sample_rate)
 
@@ -267,11 +273,11 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     M = cfg.mmd_macro_batches
     # macro-batches: blocks of M steps counted from mmd_start (rebuilt exactly on resume)
     first = cfg.mmd_start + max(0, start - cfg.mmd_start) // M * M
-    pending = [get_batch(train_set, cfg, s, rank) for s in range(first, start)] if cfg.mmd_weight else []
+    pending = [get_batch(train_set, cfg, s, rank).to(device) for s in range(first, start)] if cfg.mmd_weight else []
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and D.is_main()),
                desc="codec", dynamic_ncols=True)
-    t0, losses = time.time(), {}
+    t0, losses = time.time() - (history[-1]["seconds"] if history else 0.0), {}  # seconds: earlier sessions too
     for step in bar:
         model.train()
         for o in (opt, opt_d):  # a pure function of the step: nothing to save for an exact resume
@@ -280,9 +286,8 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
         with D.autocast(device, cfg.amp):  # bf16 forward when amp (quantizer and MMD stay float32)
             wav = get_batch(train_set, cfg, step, rank).to(device)
             out = gen(wav)
-            losses = {"l1": l1_wave(out.wav, wav), "mel": mel_loss(out.wav, wav)}
-            if cfg.w_stft:
-                losses["stft"] = stft_loss(out.wav, wav)
+            losses = {k: fn(out.wav, wav) for k, fn in (("l1", l1_wave), ("mel", mel_loss), ("stft", stft_loss))
+                      if k in weights}
 
             if disc is not None:
                 # discriminator step on real and (detached) fake, one forward
@@ -303,12 +308,14 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
                 losses["d"] = loss_d.detach()
 
             extra = cfg.w_commit * out.commit_loss
-            if cfg.w_spec:
+            if cfg.w_spec or cfg.w_advance:
                 if out.logmag is None:
-                    raise ValueError(f"w_spec={cfg.w_spec} needs a spectral codec (arch 'spectral'), not {codec_cfg.arch!r}")
-                target = log_magnitude(model._check(wav), codec_cfg.spectral, model.decoder.window)
-                losses["spec"] = (out.logmag - target).abs().mean()
-                extra = extra + cfg.w_spec * losses["spec"]
+                    raise ValueError(f"w_spec={cfg.w_spec}, w_advance={cfg.w_advance} need a spectral codec (arch "
+                                     f"'spectral'), not {codec_cfg.arch!r}")
+                spectral = spectral_losses(out.logmag, out.advance, model._check(wav), codec_cfg.spectral,
+                                           model.decoder.window)
+                losses |= spectral
+                extra = extra + cfg.w_spec * spectral["spec"] + cfg.w_advance * spectral.get("advance", 0.0)
             if cfg.mmd_weight and step >= cfg.mmd_start:
                 pending.append(wav)
                 if len(pending) == M:  # re-encode the macro-batch, encoder only, with checkpointing
@@ -330,7 +337,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
             grad, _ = balancer.combine(rec, out.wav)
             torch.autograd.backward([out.wav, extra], [grad, torch.ones_like(extra)])
         else:
-            (sum(weights[k] * v for k, v in rec.items()) + extra).backward()
+            (sum((weights[k] * v for k, v in rec.items()), extra)).backward()
         opt.step()
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()}, refresh=False)
 

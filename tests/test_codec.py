@@ -9,22 +9,25 @@ from mmdlib.quantize import QuantizerConfig
 from mmdlib.seanet import SEANetConfig
 from mmdlib.spectral import SpectralConfig, istft, stft
 
-ARCHS = ["seanet", "spectral"]
+ARCHS = ["seanet", "spectral", "spectral_advance"]
 
 
 def small_config(arch: str = "seanet") -> CodecConfig:
+    """A small codec of each kind; "spectral_advance" is the tiny preset's decoder (phase advances)."""
+    advance = dict(hop=16, down=1, phase="advance") if arch == "spectral_advance" else dict(hop=4, down=2)
     return CodecConfig(
         sample_rate=8000,
         seanet=SEANetConfig(dim=16, n_filters=4, ratios=(4, 2), n_residual_layers=1),
         quantizer=QuantizerConfig(dim=16, n_q=3, codebook_size=32),
-        arch=arch,
-        spectral=SpectralConfig(dim=16, n_fft=32, hop=4, down=2, hidden=24),
+        arch=arch.removesuffix("_advance"),
+        spectral=SpectralConfig(dim=16, n_fft=32, hidden=24, **advance),
     )
 
 
 def test_presets():
     tiny, paper = codec_preset("tiny"), codec_preset("paper")
     assert (tiny.sample_rate, tiny.hop_length, tiny.frame_rate) == (16000, 320, 50)
+    assert (tiny.spectral.n_fft, tiny.spectral.hop, tiny.spectral.phase) == (640, 320, "advance")
     assert (tiny.quantizer.n_q, tiny.net.dim) == (4, tiny.quantizer.dim)
     assert (paper.sample_rate, paper.seanet.ratios, paper.frame_rate) == (32000, (8, 5, 4, 4), 50)
     assert (paper.quantizer.n_q, paper.quantizer.codebook_size, paper.seanet.n_filters) == (4, 2048, 64)

@@ -142,7 +142,7 @@ def test_codec_and_lm_configs():
     cfg = check_params("00_data", lambdas="0,100", codec_steps=30, codec_mmd_start=20, lm_steps=40, lm_warmup=4,
                        align="none")
     c = stages.codec_train_config(cfg, 100)
-    assert (c.steps, c.mmd_start, c.mmd_weight, c.mmd.align, c.eval_every) == (30, 20, 100.0, "none", 200)
+    assert (c.steps, c.mmd_start, c.mmd_weight, c.mmd.align, c.eval_every) == (30, 20, 100.0, "none", 400)
     assert c.mmd.normalize_distance  # the preset's kernel, kept when the alignment changes
 
     paper = stages.codec_train_config(dataclasses.replace(params.PIPELINE_PRESETS["paper"], device="cpu"), 1000)
@@ -154,12 +154,12 @@ def test_codec_and_lm_configs():
 
 def test_the_notebooks_train_what_the_command_line_trains():
     """No setting is rewritten behind the user's back: the tiny notebooks' λ = 100 codec is
-    `python -m mmdlib.train_codec --set steps=600 eval_every=200 mmd_weight=100`, and a run too short
-    for the preset's mmd_start is refused instead of silently moved."""
+    `python -m mmdlib.train_codec --set steps=1200 eval_every=400 mmd_start=800 mmd_weight=100`, and a run
+    too short for its mmd_start is refused instead of silently moved."""
     tiny = check_params("00_data")
     assert stages.codec_train_config(tiny, 100) == apply_overrides(
-        train_preset("tiny"), ["steps=600", "eval_every=200", "mmd_weight=100"])
-    with pytest.raises(PipelineError, match=r"mmd_start=400 >= steps=30: the MMD loss would never be on"):
+        train_preset("tiny"), ["steps=1200", "eval_every=400", "mmd_start=800", "mmd_weight=100"])
+    with pytest.raises(PipelineError, match=r"mmd_start=800 >= steps=30: the MMD loss would never be on"):
         stages.codec_train_config(check_params("00_data", codec_steps=30), 100)
     assert stages.codec_train_config(check_params("00_data", codec_steps=30), 0).steps == 30  # no MMD: fine
     with pytest.raises(PipelineError, match=r"codec_mmd_start=-1: expected an integer >= 0"):

@@ -13,7 +13,7 @@ from mmdlib.train_codec import check_kernels, learning_rate, train_codec, train_
 
 # the tiny preset's architecture (spectral), small
 SMALL = CodecConfig(
-    sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=8, hidden=32),
+    sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=8, hidden=32, hop=320, down=1, phase="advance"),
     quantizer=QuantizerConfig(dim=8, n_q=3, codebook_size=16),
 )
 SMALL_SEANET = CodecConfig(
@@ -116,7 +116,7 @@ def test_seanet_codec_trains_with_its_preset_and_refuses_the_spectral_loss(tmp_p
                        eval_every=2, ckpt_every=2)
     out = train_codec(cfg, tmp_path / "a", codec_cfg=SMALL_SEANET, progress=False)
     assert out["final"]["step"] == 2 and torch.isfinite(torch.tensor(out["final"]["mel_distance"]))
-    with pytest.raises(ValueError, match="w_spec=1.0 needs a spectral codec"):
+    with pytest.raises(ValueError, match="w_spec=1.0, w_advance=1.0 need a spectral codec"):
         train_codec(config(steps=2), tmp_path / "b", codec_cfg=SMALL_SEANET, progress=False)
 
 
@@ -153,7 +153,9 @@ def test_all_saturated_kernels_are_reported_with_a_warning(tmp_path):
 def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path, codec_cfg, discriminator):
     """amp=True: bf16 autocast of the forward pass (CPU here; TF32 too on CUDA), finite losses; the
     quantizer's codes and the MMD stay float32."""
-    cfg = config(steps=4, amp=True, discriminator=discriminator, w_spec=1.0 if codec_cfg.arch == "spectral" else 0.0)
+    spectral = codec_cfg.arch == "spectral"
+    cfg = config(steps=4, amp=True, discriminator=discriminator, w_spec=float(spectral), w_advance=float(spectral),
+                 w_mel=0.0 if spectral else 1.0)
     out = train_codec(cfg, tmp_path, codec_cfg=codec_cfg, progress=False)
     assert all(math.isfinite(v) for v in out["last_losses"].values()) and "mmd" in out["last_losses"]
     codec = Codec.load(tmp_path / "codec.pt")
@@ -161,3 +163,24 @@ def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path, codec_cfg, discriminator):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o = codec(x)
     assert o.wav.dtype == torch.float32 and o.streams.dtype == torch.float32
+
+
+class _Unmoved(torch.Tensor):
+    """A batch that has not been through `.to(device)` (which returns a plain tensor)."""
+
+    def to(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).to(*args, **kwargs)
+
+
+def test_resume_mid_macro_batch_moves_the_pending_batches_to_the_device(tmp_path, monkeypatch):
+    """On resume the pending MMD macro-batch is rebuilt from `get_batch` (on the CPU): every batch must
+    reach the encoder through `.to(device)` (on CUDA the resume crashed). A device spy on CPU."""
+    import mmdlib.train_codec as tc
+    cfg = config()
+    train_codec(cfg, tmp_path, codec_cfg=SMALL, stop_at=5, progress=False)  # step 5: mid macro-batch 4-6
+    get_batch, encode = tc.get_batch, Codec.encode_streams
+    seen = []
+    monkeypatch.setattr(tc, "get_batch", lambda *a: get_batch(*a).as_subclass(_Unmoved))
+    monkeypatch.setattr(Codec, "encode_streams", lambda self, wav, **kw: seen.append(type(wav)) or encode(self, wav, **kw))
+    train_codec(cfg, tmp_path, codec_cfg=SMALL, progress=False)
+    assert seen and all(t is torch.Tensor for t in seen), seen
