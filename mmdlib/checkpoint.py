@@ -77,16 +77,21 @@ def batch_seed(seed: int, step: int, rank: int) -> int:
 
 
 def rng_state() -> dict:
+    """This process's RNG states; on CUDA its own device's only (each rank saves its own, so a resume
+    on another number of GPUs finds one state per rank, not one per GPU of the old machine)."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    cuda = s["cuda"]
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # checkpoints before: every visible GPU's state, by index
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)  # the current device's
 
 
 def all_rng_states() -> list[dict]:

@@ -36,9 +36,10 @@ def setup(device: str) -> torch.device:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
     if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
+        # under torchrun each rank takes its local GPU; one process takes the one asked for (cuda:N)
+        index = int(os.environ["LOCAL_RANK"]) if is_distributed() else (torch.device(device).index or 0)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device(device)
 
 

@@ -272,20 +272,23 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{data_tag(d)} seed {seed} {r['codec']:>20} {r['pattern']:>8}: {r['bits_per_frame']:.2f} "
                           f"bits/frame, gap {r['gap_vs_flatten']:+.2f} (held-out curve {curve}; {r['train_seconds']:.0f} s)",
                           flush=True)
-    elif args.command == "all":  # one process per (data set, seed), `jobs` at a time
+    elif args.command == "all":  # one process per (data set, seed), one per slot of `job_devices` at a time
         t0, procs = time.time(), []
-        threads = args.threads or max(1, torch.get_num_threads() // args.jobs)
+        cuda = bool(args.device) and args.device.startswith("cuda") and torch.cuda.is_available()
+        slots = job_devices(args.device, args.jobs, torch.cuda.device_count() if cuda else 0)
+        threads = args.threads or max(1, torch.get_num_threads() // len(slots))
         for d in datasets:
             for seed in sweep.seeds:
-                if len(procs) >= args.jobs:
+                if len(procs) >= len(slots):
                     _wait(procs)
+                device = next(x for x in slots if x not in [p[2] for p in procs]) if cuda else args.device
                 log = resolve(sweep.pipeline.run_dir) / f"{data_tag(d)}_seed{seed}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, "-m", "mmdlib.experiment", "run", "--preset", args.preset, "--data", d,
-                       "--seeds", str(seed), "--threads", str(threads)] + (["--device", args.device] if args.device else [])
+                       "--seeds", str(seed), "--threads", str(threads)] + (["--device", device] if device else [])
                 cmd += [f"--embedder={e}" for e in args.embedder]
                 print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
-                procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
+                procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log, device))
         while procs:
             _wait(procs)
         print(f"all data sets and seeds done in {(time.time() - t0) / 60:.1f} min", flush=True)
@@ -294,14 +297,29 @@ def main(argv: list[str] | None = None) -> None:
         print((resolve(sweep.pipeline.fig_dir) / "results.md").read_text())
 
 
+def job_devices(device: str | None, jobs: int, n_gpus: int) -> list[str | None]:
+    """The device of each of the runs `all` keeps going at once: on CUDA one GPU per run ("cuda": cuda:0,
+    cuda:1, ..., at most one run per GPU; "cuda:N": that GPU alone), else `jobs` runs on `device`
+    (None: the preset's). Two runs never share a GPU."""
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: need at least 1")
+    if not device or not device.startswith("cuda"):
+        return [device] * jobs
+    if n_gpus < 1:
+        raise ValueError(f"--device {device}: no CUDA GPU is visible")
+    if torch.device(device).index is not None:
+        return [device]
+    return [f"cuda:{i}" for i in range(min(jobs, n_gpus))]
+
+
 def _wait(procs: list) -> None:
-    """Wait for the first of `procs` [(Popen, log)] to end, drop it; stop everything if it failed."""
+    """Wait for the first of `procs` [(Popen, log, device)] to end, drop it; stop everything if it failed."""
     while True:
-        for i, (proc, log) in enumerate(procs):
+        for i, (proc, log, _) in enumerate(procs):
             if proc.poll() is not None:
                 procs.pop(i)
                 if proc.returncode:
-                    for other, _ in procs:
+                    for other, *_ in procs:
                         other.terminate()
                     raise SystemExit(f"{' '.join(map(str, proc.args[1:]))} failed (exit {proc.returncode}); see {log}")
                 return

@@ -116,3 +116,33 @@ def test_lock_refuses_a_second_training_and_goes_with_its_process(tmp_path):
         assert (tmp_path / "train.lock").read_text().startswith(f"pid {os.getpid()} on ")
     with run_lock(tmp_path):  # and released after each use
         pass
+
+
+def test_cuda_rng_state_is_this_devices_own_and_old_lists_restore_on_fewer_gpus(monkeypatch):
+    """CUDA paths on a CPU machine, with torch.cuda stood in: a checkpoint saves the current device's
+    state only, and a former checkpoint's per-GPU list (8 GPUs) restores on a 1-GPU machine (it raised
+    IndexError when restored by index with set_rng_state_all)."""
+    from mmdlib import checkpoint as ck
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(int(state[0])))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: (_ for _ in ()).throw(IndexError("8 > 1")))
+    state = ck.rng_state()
+    assert int(state["cuda"][0]) == 7
+    ck.set_rng_state(state)
+    ck.set_rng_state(state | {"cuda": [torch.tensor([g], dtype=torch.uint8) for g in range(10, 18)]})
+    assert restored == [7, 10]
+
+
+def test_one_process_takes_the_gpu_it_is_given(monkeypatch):
+    """`device="cuda:1"` outside torchrun uses cuda:1 (it used LOCAL_RANK's default, cuda:0)."""
+    from mmdlib import distributed as D
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(i))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert D.setup("cuda:1") == torch.device("cuda", 1) and D.setup("cuda") == torch.device("cuda", 0)
+    assert chosen == [1, 0]

@@ -131,3 +131,15 @@ def test_embedder_option_is_checked_before_any_work(tmp_path):
         ex.main(["report", "--embedder", "vggish"])
     with pytest.raises(SystemExit, match="not a file"):
         ex.main(["report", "--embedder", f"vggish={tmp_path / 'missing.pt'}"])
+
+
+def test_all_gives_each_concurrent_run_its_own_gpu():
+    """`experiment all --device cuda --jobs 2` put both runs on cuda:0; now one GPU per run."""
+    assert ex.job_devices("cuda", 2, n_gpus=4) == ["cuda:0", "cuda:1"]
+    assert ex.job_devices("cuda", 4, n_gpus=2) == ["cuda:0", "cuda:1"]   # no more runs than GPUs
+    assert ex.job_devices("cuda:3", 2, n_gpus=4) == ["cuda:3"]           # a named GPU: one run at a time
+    assert ex.job_devices(None, 2, n_gpus=0) == [None, None] and ex.job_devices("cpu", 3, 0) == ["cpu"] * 3
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        ex.job_devices("cuda", 2, n_gpus=0)
+    with pytest.raises(ValueError, match="--jobs 0"):
+        ex.job_devices("cpu", 0, n_gpus=0)
