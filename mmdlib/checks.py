@@ -20,6 +20,14 @@ def _fail(what: str) -> None:
     raise ResultCheckError(f"result check failed: {what} (mmdlib/checks.py)")
 
 
+def _below_baseline(values: list[float], lambdas: list[float], what: str) -> None:
+    """Each λ > 0 value below the λ = 0 one (when the run has a λ = 0 codec); `values` in the order of `lambdas`."""
+    by_lam = dict(zip(lambdas, values))
+    for lam, v in by_lam.items():
+        if lam > 0 and 0.0 in by_lam and not v < by_lam[0.0]:
+            _fail(f"λ = {lam:g}: {what} {v:.4g} not below λ = 0's {by_lam[0.0]:.4g}")
+
+
 def codecs(finals: dict[str, dict], lambdas: list[float]) -> str:
     """01: every codec's last evaluation clears the floors; a λ > 0 codec ends with a lower MMD² than
     the λ = 0 one (the loss acts on what it optimises). `finals`: {codec name: final metrics}, in the
@@ -28,20 +36,13 @@ def codecs(finals: dict[str, dict], lambdas: list[float]) -> str:
         for key, floor in CODEC_FLOORS.items():
             if key in final and not final[key] >= floor:
                 _fail(f"{name}: {key} = {final[key]:.3f} below the floor {floor}")
-    by_lam = dict(zip(lambdas, finals.values()))
-    base = by_lam.get(0.0)
-    for lam, final in by_lam.items():
-        if lam > 0 and base is not None and not final["mmd"] < base["mmd"]:
-            _fail(f"λ = {lam:g}: MMD² {final['mmd']:.4g} not below λ = 0's {base['mmd']:.4g}")
+    _below_baseline([final["mmd"] for final in finals.values()], lambdas, "MMD²")
     return f"checked: {len(finals)} codecs clear {sorted(CODEC_FLOORS)}; MMD² lower with λ > 0"
 
 
 def dependence(nmi_delay: dict[str, float], lambdas: list[float]) -> str:
     """02: the delay-aligned NMI of a λ > 0 codec's codes is below the λ = 0 codec's (claim 1, one seed)."""
-    by_lam = dict(zip(lambdas, nmi_delay.values()))
-    for lam, v in by_lam.items():
-        if lam > 0 and 0.0 in by_lam and not v < by_lam[0.0]:
-            _fail(f"λ = {lam:g}: NMI(delay) {v:.4f} not below λ = 0's {by_lam[0.0]:.4f}")
+    _below_baseline(list(nmi_delay.values()), lambdas, "NMI(delay)")
     return "checked: NMI(delay) lower with λ > 0"
 
 

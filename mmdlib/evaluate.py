@@ -66,9 +66,10 @@ def evaluate_codec(codec: Codec, valid, mmd_cfg: MMDConfig | dict[str, MMDConfig
         "code_entropy_bits": float(dep["entropy_mean"]),   # mean over codebooks: collapse shows here
         **{key: mmd_independence(streams, c, seed=seed).item() for key, c in mmd_cfgs.items()},
     }
-    if fine:
-        out |= {"fine_structure_r": torch.cat(fine).mean().item(), "fine_structure_r_clips": torch.cat(fine).tolist(),
-                "chroma": torch.cat(chroma).mean().item(), "chroma_clips": torch.cat(chroma).tolist()}
+    for key, parts in (("fine_structure_r", fine), ("chroma", chroma)):
+        if parts:
+            values = torch.cat(parts)
+            out |= {key: values.mean().item(), f"{key}_clips": values.tolist()}
     if scores:
         out |= {"visqol": torch.cat(scores).mean().item(), "visqol_clips": torch.cat(scores).tolist()}
     if mmd_frames is not None:

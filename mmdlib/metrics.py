@@ -178,12 +178,17 @@ def _log_power(power: Tensor, floor: Tensor) -> Tensor:
     return torch.log(power + floor[:, None, None])
 
 
+def _smooth_freq(x: Tensor, hz: float, n_fft: int, sample_rate: int) -> Tensor:
+    """`b f s`: the moving average along frequency over `hz` (an odd number of bins, edges replicated)."""
+    w = int(round(hz * n_fft / sample_rate)) | 1
+    flat = x.transpose(1, 2).reshape(-1, 1, x.shape[1])
+    avg = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(flat, (w // 2, w // 2), mode="replicate"), w, 1)
+    return avg.reshape(x.shape[0], x.shape[2], -1).transpose(1, 2)
+
+
 def _fine(logp: Tensor) -> Tensor:
     """`b f s`: log-power minus its moving average over SMOOTH_HZ (the spectral envelope)."""
-    w = int(round(SMOOTH_HZ * NOTE_FFT / NOTE_RATE)) | 1  # odd width in bins
-    x = logp.transpose(1, 2).reshape(-1, 1, logp.shape[1])
-    env = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(x, (w // 2, w // 2), mode="replicate"), w, 1)
-    return logp - env.reshape(logp.shape[0], logp.shape[2], -1).transpose(1, 2)
+    return logp - _smooth_freq(logp, SMOOTH_HZ, NOTE_FFT, NOTE_RATE)
 
 
 def _loud_frames(power: Tensor, band: slice) -> Tensor:
@@ -259,10 +264,7 @@ def envelope_noise(x: Tensor, sample_rate: int, seed: int = 0, smooth_hz: float 
     n_fft = 2 ** round(math.log2(0.064 * sample_rate))  # 64 ms
     win = torch.hann_window(n_fft, dtype=x.dtype)
     spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, n_fft // 4, window=win, return_complex=True)
-    w = int(round(smooth_hz * n_fft / sample_rate)) | 1
-    mag = spec.abs().transpose(1, 2).reshape(-1, 1, spec.shape[1])
-    mag = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(mag, (w // 2, w // 2), mode="replicate"), w, 1)
-    mag = mag.reshape(spec.shape[0], spec.shape[2], -1).transpose(1, 2)
+    mag = _smooth_freq(spec.abs(), smooth_hz, n_fft, sample_rate)
     g = torch.Generator().manual_seed(seed)
     phase = 2 * math.pi * torch.rand(mag.shape, generator=g, dtype=mag.dtype)
     y = torch.istft(torch.polar(mag, phase), n_fft, n_fft // 4, window=win, length=x.shape[-1])

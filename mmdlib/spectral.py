@@ -93,10 +93,15 @@ def istft(spec: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
     return (y / env.clamp_min(1e-8))[:, pad : pad + s * hop]
 
 
+def log_abs(spec: Tensor) -> Tensor:
+    """log(|S| + 1e-5): the encoder's input and the decoder's magnitude target."""
+    return torch.log(spec.abs() + 1e-5)
+
+
 def log_magnitude(wav: Tensor, cfg: SpectralConfig, window: Tensor) -> Tensor:
-    """`b c n -> b c f s`: log(|STFT| + 1e-5), the encoder's input and the decoder's magnitude target."""
+    """`b c n -> b c f s`: `log_abs` of the STFT."""
     spec = stft(wav.reshape(-1, wav.shape[-1]), cfg.n_fft, cfg.hop, window)
-    return torch.log(spec.abs() + 1e-5).reshape(*wav.shape[:2], *spec.shape[1:])
+    return log_abs(spec).reshape(*wav.shape[:2], *spec.shape[1:])
 
 
 def bin_advance(n_freqs: int, n_fft: int, hop: int, device=None) -> Tensor:
@@ -156,8 +161,7 @@ def spectral_losses(logmag: Tensor, advance: Tensor | None, wav: Tensor, cfg: Sp
     log-magnitudes, and with a predicted phase advance "advance", 1 - cos of its error weighted by
     the input's magnitude in both frames (where there is a partial to place; 0 for silence)."""
     spec = stft(wav.reshape(-1, wav.shape[-1]), cfg.n_fft, cfg.hop, window).reshape(*wav.shape[:2], cfg.n_freqs, -1)
-    target = torch.log(spec.abs() + 1e-5)
-    out = {"spec": (logmag - target).abs().mean()}
+    out = {"spec": (logmag - log_abs(spec)).abs().mean()}
     if advance is not None:
         mag = spec.abs()
         w = torch.cat([torch.zeros_like(mag[..., :1]), mag[..., 1:] * mag[..., :-1]], -1).sqrt()

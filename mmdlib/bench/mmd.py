@@ -214,10 +214,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["n"][str(n)] = row
 
     result["variance"] = dict(n=args.toy_n, draws=args.toy_draws)
+    toys = (("dependent", True), ("independent", False))
     if args.toy_draws < 2:
         result["variance"]["skipped"] = f"--toy-draws {args.toy_draws}: an SD over draws needs at least 2"
         print(f"variance toy skipped ({result['variance']['skipped']})")
-    for name, shared in (("dependent", True), ("independent", False)) if args.toy_draws >= 2 else ():
+        toys = ()
+    for name, shared in toys:
         toy = result["variance"][name] = variance_toy(args.toy_n, args.toy_draws, scales, args.block_size, shared)
         print(f"{name} toy, N={args.toy_n}, {args.toy_draws} draws: SD over draws shuffled {toy['shuffled_sd']:.6f}, "
               f"expected {toy['expected_sd']:.6f} (means {toy['shuffled_mean']:.6f}, {toy['expected_mean']:.6f}); "
