@@ -32,7 +32,7 @@ nbval: setup
 # the browser test alone (also part of `unit`): the committed notebooks rendered to HTML and checked in
 # headless Chromium (needs apt-get install chromium chromium-driver); screenshots in runs/browser/
 browser: setup
-	$(BIN)/python -m pytest -q tests/test_browser.py
+	$(BIN)/python -m pytest -q tests/pipeline/test_browser.py
 
 # refresh the outputs committed with the notebooks (and figures/) from a fresh tiny run
 notebooks: setup

@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots
-from .audio import load_audio
-from .evaluate import evaluate_codec
-from .fad import embed_audio, fad, get_embedder
-from .layout import write_json
-from .params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
-from .report import add_gap, aggregate, report_markdown
-from .stages import (DEPTH_TRUNK, codec_train_config, dataset, depth_run, generate_run, load_codec, models, sample_rate,
+from mmdlib.pipeline import plots
+from mmdlib.data.audio import load_audio
+from mmdlib.eval.codec import evaluate_codec
+from mmdlib.eval.fad import embed_audio, fad, get_embedder
+from mmdlib.pipeline.layout import write_json
+from mmdlib.pipeline.params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
+from mmdlib.pipeline.report import add_gap, aggregate, report_markdown
+from mmdlib.pipeline.stages import (DEPTH_TRUNK, codec_train_config, dataset, depth_run, generate_run, load_codec, models, sample_rate,
                      forked_codec_run, train_lm_run)
 
 
@@ -199,7 +199,7 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
 
 
 # ----------------------------------------------------------------------------------------------
-# The report: every seed of every data set (aggregation in mmdlib.report, figures in mmdlib.plots)
+# The report: every seed of every data set (aggregation in mmdlib.pipeline.report, figures in mmdlib.pipeline.plots)
 
 
 def report(sweep: SweepConfig) -> dict:

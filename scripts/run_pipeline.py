@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmdlib.params import NOTEBOOKS, PIPELINE_PRESETS, PipelineError, check_device, resolve  # noqa: E402
+from mmdlib.pipeline.params import NOTEBOOKS, PIPELINE_PRESETS, PipelineError, check_device, resolve  # noqa: E402
 
 
 def parse_value(text: str):

@@ -5,9 +5,9 @@ import math
 import pytest
 
 from mmdlib import experiment as ex
-from mmdlib import report
-from mmdlib.params import PipelineError
-from mmdlib.stages import codec_train_config
+from mmdlib.pipeline import report
+from mmdlib.pipeline.params import PipelineError
+from mmdlib.pipeline.stages import codec_train_config
 
 
 def test_codecs_of_a_sweep_share_their_prefix_config():

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ..anchors import OPUS_INSTALL, opus_available, opus_roundtrip
-from ..codec import Codec
-from ..data import make_dataset
-from ..evaluate import evaluate_codec
-from ..metrics import bitrate, chroma_similarity, envelope_noise, fine_structure_r, mel_distance, si_snr, visqol
-from ..params import resolve
-from ..train_codec import train_codec, train_preset
+from mmdlib.eval.anchors import OPUS_INSTALL, opus_available, opus_roundtrip
+from mmdlib.codec.model import Codec
+from mmdlib.data.datasets import make_dataset
+from mmdlib.eval.codec import evaluate_codec
+from mmdlib.eval.metrics import bitrate, chroma_similarity, envelope_noise, fine_structure_r, mel_distance, si_snr, visqol
+from mmdlib.pipeline.params import resolve
+from mmdlib.train.codec import train_codec, train_preset
 from .common import peak_rss_mib, report
 
 SUPERTUX = "data/external/supertux"

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from ..depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorisation_gap
-from ..lm import lm_config
-from ..train_lm import LM_TRAIN_PRESETS, train_lm
+from mmdlib.lm.depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorisation_gap
+from mmdlib.lm.model import lm_config
+from mmdlib.train.lm import LM_TRAIN_PRESETS, train_lm
 from .common import peak_rss_mib, report
 
 

@@ -6,7 +6,7 @@ Times `sampling.generate` for each pattern with the same transformer (the `tiny`
 unless a checkpoint is given: its weights are used for its own pattern, its config for all).
 Reports the min over repeats (the CPU may be shared), the flatten / delay time ratio (the step
 ratio K T / (T + K - 1) is its ceiling, ~4 for K = 4, T = 250), the joint model in T steps
-(`depth`: the parallel trunk with a depth head of DEPTH_PRESETS[--depth-preset], mmdlib.depth)
+(`depth`: the parallel trunk with a depth head of DEPTH_PRESETS[--depth-preset], mmdlib.lm.depth)
 over delay (`depth_over_delay`, goal <= 1.5) and the delay time for 4x the frames over 1x (linear
 in steps with a cache, plus a small O(s) attention term per step).
 """
@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from ..depth import DEPTH_PRESETS, DepthHead, generate_depth
-from ..lm import TokenLM, lm_config
-from ..sampling import generate
-from ..patterns import PATTERNS
+from mmdlib.lm.depth import DEPTH_PRESETS, DepthHead, generate_depth
+from mmdlib.lm.model import TokenLM, lm_config
+from mmdlib.lm.sampling import generate
+from mmdlib.patterns import PATTERNS
 
 
 def time_generation(model: TokenLM, n_frames: int, repeats: int, head: DepthHead | None = None) -> float:

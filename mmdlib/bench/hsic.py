@@ -26,8 +26,8 @@ import warnings
 
 import torch
 
-from ..dependence import permutation_test
-from ..mmd import MMDConfig
+from mmdlib.mmd.dependence import permutation_test
+from mmdlib.mmd.loss import MMDConfig
 from .common import report
 
 ALPHA = 0.05

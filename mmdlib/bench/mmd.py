@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from mmdlib.mmd import (
+from mmdlib.mmd.loss import (
     MMDConfig,
     check_groups,
     expected_pairs,
@@ -40,7 +40,7 @@ from mmdlib.mmd import (
     random_permutations,
     standardize,
 )
-from mmdlib.mmd_expected import mmd2_expected
+from mmdlib.mmd.expected import mmd2_expected
 
 
 def dense_mmd2(x, y, scales):

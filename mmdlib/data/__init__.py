@@ -1,0 +1,1 @@
+"""Audio in: synthetic music (synth), folders of audio files as datasets (datasets), decoding and checks (audio)."""

@@ -1,0 +1,1 @@
+"""Scores: audio metrics (metrics), a codec's evaluation (codec), FAD (fad), the Opus anchors (anchors)."""

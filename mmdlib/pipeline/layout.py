@@ -1,0 +1,61 @@
+"""Where a run's stages read and write: one object, `RunLayout(root, align)`, that every stage asks.
+
+    run_dir/
+      data/                          00: example clips (wav)
+      codec_lambda0/                 01: codec.pt, checkpoint.pt, metrics.json, recon/*.wav
+      codec_lambda100/                   (one folder per MMD weight λ; `_none` suffix if not delay-aligned)
+      tokens/codec_lambda0/{train,valid,test}.pt    02/03: cached codes `n k t` of the data sets
+      dependence/codec_lambda0.json  02: MI/NMI matrices, MMD, permutation-test p-value
+      lm/codec_lambda0/delay/        03: checkpoint.pt (train_lm), metrics.json (history, bits/frame),
+                                         depth_head.pt, depth.json (the factorisation gap, mmdlib.lm.depth)
+      generate/codec_lambda0/delay/  04: codes.pt, sample*.wav, metrics.json (timing, dependence);
+      generate/codec_lambda0/depth/      the joint model: the parallel trunk with its depth head
+      notebooks/                     executed copies written by scripts/run_pipeline.py
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def codec_name(lam: float, align: str = "delay") -> str:
+    """'codec_lambda0', 'codec_lambda100', 'codec_lambda100_none' (MMD not delay-aligned)."""
+    name = f"codec_lambda{lam:g}"
+    return name if lam == 0 or align == "delay" else f"{name}_{align}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory; `align` names the λ > 0 codecs (see codec_name)."""
+
+    root: Path
+    align: str = "delay"
+
+    def codec_name(self, lam: float) -> str:
+        return codec_name(lam, self.align)
+
+    def codec(self, lam: float) -> Path:
+        """The codec's training folder (codec.pt, checkpoint.pt, metrics.json, recon/)."""
+        return self.root / self.codec_name(lam)
+
+    def tokens(self, lam: float, split: str) -> Path:
+        return self.root / "tokens" / self.codec_name(lam) / f"{split}.pt"
+
+    def dependence(self, lam: float) -> Path:
+        return self.root / "dependence" / f"{self.codec_name(lam)}.json"
+
+    def lm(self, lam: float, pattern: str) -> Path:
+        return self.root / "lm" / self.codec_name(lam) / pattern
+
+    def gen(self, lam: float, pattern: str) -> Path:
+        return self.root / "generate" / self.codec_name(lam) / pattern
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically (a temporary file, then a rename): an interruption leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)

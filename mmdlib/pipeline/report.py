@@ -1,0 +1,289 @@
+"""The reports: one run's (notebook 05) in two tables, the λ sweep's over seeds, and the gap to flatten.
+
+`collect_results(cfg)` reads what the stages wrote (never recomputes, never invents: a missing
+piece is None), `results_markdown` renders it, `write_results` saves figures/results.{md,json}.
+`add_gap` is the one definition of the gap to the joint (flatten) model, used here, by notebook
+03 and by the λ sweep (mmdlib.experiment), whose per-seed runs `aggregate` pools (mean, SD, values,
+pairs with the λ = 0 codec of the same seed) and `report_markdown` renders.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mmdlib.pipeline.layout import write_json
+from mmdlib.pipeline.params import PipelineConfig
+from mmdlib.pipeline.stages import DEPTH_TRUNK, codec_history, models
+
+
+def add_gap(rows: list[dict], key: str = "bits_per_frame") -> None:
+    """rows[i]["gap_vs_flatten"] = rows[i][key] − the flatten LM's on the same codec: the bits above
+    the joint pattern (not the depth gap of mmdlib.lm.depth, the instrument for factorising; 0 for the flatten rows; None where that codec has no flatten LM or a value
+    is missing)."""
+    flat = {r["codec"]: r[key] for r in rows if r["pattern"] == "flatten"}
+    for r in rows:
+        f, b = flat.get(r["codec"]), r[key]
+        r["gap_vs_flatten"] = b - f if f is not None and b is not None else None
+
+
+def collect_results(cfg: PipelineConfig) -> dict:
+    """Every artifact of the run in two tables: one row per codec, one per (codec, pattern) LM.
+    Missing pieces (e.g. a notebook not run) are None, never invented."""
+    codecs, lms = [], []
+    for lam in cfg.lambdas:
+        name = cfg.layout.codec_name(lam)
+        hist = codec_history(cfg, lam)
+        final = hist[-1]
+        dep_file = cfg.layout.dependence(lam)
+        dep = json.loads(dep_file.read_text()) if dep_file.is_file() else None
+        codecs.append({
+            "codec": name, "lambda": lam, "align": cfg.align, "steps": final["step"],
+            "fine_structure_r": final.get("fine_structure_r"), "chroma": final.get("chroma"),
+            "visqol": final.get("visqol"), "sisnr_db": final["sisnr_db"], "mel_distance": final["mel_distance"],
+            "usage_ratio_min": final["usage_perplexity_ratio_min"],
+            "code_entropy_bits": dep["summary"]["entropy_mean"] if dep else None,
+            "nmi_lag0": dep["summary"]["nmi_lag0"] if dep else final["nmi_lag0"],
+            "nmi_delay": dep["summary"]["nmi_delay"] if dep else final["nmi_delay"],
+            "mmd_delay": dep["mmd_delay"] if dep else None,
+            "p_value_delay": dep["perm_delay"]["p_value"] if dep else None,
+            "train_seconds": final["seconds"],
+        })
+        for pattern in models(cfg):
+            lm_dir = cfg.layout.lm(lam, DEPTH_TRUNK if pattern == "depth" else pattern)
+            lm_file, gen_file = lm_dir / "metrics.json", cfg.layout.gen(lam, pattern) / "metrics.json"
+            lm = json.loads(lm_file.read_text()) if lm_file.is_file() else None
+            gap = json.loads((lm_dir / "depth.json").read_text()) if (lm_dir / "depth.json").is_file() else None
+            gen = json.loads(gen_file.read_text()) if gen_file.is_file() else None
+            if pattern == "depth":
+                bits = gap["depth_bits"] if gap else None
+            else:
+                bits = lm.get("bits_per_frame") if lm else None
+            lms.append({
+                "codec": name, "lambda": lam, "pattern": pattern, "bits_per_frame": bits,
+                "lm_steps": lm.get("best_step") if lm else None,
+                "depth_gap_bits": gap["gap_bits"] if gap and pattern != "depth" else None,
+                "depth_gap_se": gap["gap_se"] if gap and pattern != "depth" else None,
+                "gen_steps": gen["n_steps"] if gen else None,
+                "gen_seconds_per_audio_second": gen["real_time_factor"] if gen else None,
+                "gen_nmi_delay": gen.get("nmi_delay") if gen else None,
+            })
+    add_gap(lms, "bits_per_frame")
+    for r in lms:  # the table shows no gap of flatten to itself
+        if r["pattern"] == "flatten":
+            r["gap_vs_flatten"] = None
+    return {"preset_config": cfg.to_dict(), "codecs": codecs, "lms": lms}
+
+
+def _cell(v, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt) if isinstance(v, float) else str(v)
+
+
+def results_markdown(results: dict) -> str:
+    """The two results tables as Markdown (written to figures/results.md)."""
+    c = results["preset_config"]
+    lines = [f"Run `{c['run_dir']}`: codec preset `{c['codec_preset']}`, LM preset `{c['lm_preset']}`, "
+             f"device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
+             "notebooks/05_report.ipynb.", "",
+             "Codec scores on the validation clips of its last evaluation (fine-structure r and chroma: are the "
+             "notes there, 1 = the original's, envelope-shaped noise ≈ 0 and 0.5; ViSQOL: MOS-LQO, 1 to 4.73, on "
+             "the first clips; mel distance and SI-SNR on all).", "",
+             "| codec | λ | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel dist. ↓ | SI-SNR (dB) ↑ | code entropy (bits) "
+             "| NMI lag 0 ↓ | NMI delay ↓ | MMD² delay ↓ | p-value (indep.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["codecs"]:
+        lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r.get('fine_structure_r'), '.3f')} "
+                     f"| {_cell(r.get('chroma'), '.3f')} | {_cell(r.get('visqol'), '.2f')} | {_cell(r['mel_distance'], '.3f')} "
+                     f"| {_cell(r['sisnr_db'], '.1f')} "
+                     f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
+                     f"| {_cell(r['p_value_delay'], '.3f')} |")
+    lines += ["", "LMs: test-clip bits per frame in windows of the training crop (early stopping on the valid "
+                  "clips; `lm steps`: the best state's); depth gap: what the factorised LM gives up within a step "
+                  "(± standard error over test clips); `depth`: the parallel trunk with its depth head.", "",
+              "| codec | pattern | test bits/frame ↓ | − flatten | depth gap (bits/frame) | lm steps | generation steps "
+              "| generation s / audio s ↓ | NMI delay of generated codes |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["lms"]:
+        gap = (f"{r['depth_gap_bits']:.3f} ± {r['depth_gap_se']:.3f}" if r.get("depth_gap_bits") is not None else "–")
+        lines.append(f"| {r['codec']} | {r['pattern']} | {_cell(r['bits_per_frame'], '.2f')} | "
+                     f"{_cell(r['gap_vs_flatten'], '+.2f')} | {gap} | {_cell(r['lm_steps'], 'd')} | "
+                     f"{_cell(r['gen_steps'], 'd')} | {_cell(r['gen_seconds_per_audio_second'], '.3f')} | "
+                     f"{_cell(r['gen_nmi_delay'], '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(cfg: PipelineConfig, results: dict) -> tuple[Path, Path]:
+    md, js = cfg.fig_path / "results.md", cfg.fig_path / "results.json"
+    write_json(js, results)
+    md.write_text(results_markdown(results))
+    return md, js
+
+
+# ----------------------------------------------------------------------------------------------
+# The λ sweep (mmdlib.experiment): every seed of every data set
+
+
+def _stats(values: list) -> dict:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "n": len(v), "values": v.tolist()}
+
+
+PAIRED_CODEC = ("nmi_delay", "nmi_lag0", "mmd_delay", "fine_structure_r", "chroma", "visqol", "mel_distance",
+                "code_entropy_bits", "usage_perplexity_ratio_min")
+PAIRED_LM = ("bits_per_frame", "gap_vs_flatten", "depth_gap_bits", "fad_logmel_gen")
+
+
+def _pick(rows: list[dict], codec: str, key: str, pattern: str | None = None):
+    return next(x[key] for x in rows if x["codec"] == codec and x.get("pattern") == pattern)
+
+
+def _has(rows: list[dict], codec: str, key: str, pattern: str | None = None) -> bool:
+    return any(x["codec"] == codec and x.get("pattern") == pattern and x.get(key) is not None for x in rows)
+
+
+def paired_stats(diffs: dict) -> dict:
+    """Per-seed paired differences {seed: value} -> mean, 95 % confidence interval (Student t over
+    seeds), two-sided paired t-test p-value, how many seeds are below 0, and the values."""
+    from scipy import stats
+
+    v = np.array(list(diffs.values()), dtype=float)
+    out = {"mean": float(v.mean()) if len(v) else None, "n": len(v), "n_negative": int((v < 0).sum()),
+           "values": {str(k): float(x) for k, x in diffs.items()}, "ci95": None, "p_value": None}
+    if len(v) > 1:
+        se = v.std(ddof=1) / np.sqrt(len(v))
+        half = float(stats.t.ppf(0.975, len(v) - 1) * se)
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+        out["p_value"] = float(stats.ttest_1samp(v, 0.0).pvalue) if se > 0 else (0.0 if v.mean() else 1.0)
+    return out
+
+
+def _numeric_keys(rows: list[dict]) -> list[str]:
+    """The numeric fields of any of the rows (seeds run by other versions may lack some: None there)."""
+    return list(dict.fromkeys(k for r in rows for k, v in r.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "lambda"))
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per data set: codec rows and (codec, pattern) rows, each metric as mean/std/n/values over
+    seeds, plus the paired differences against the λ = 0 codec of the same seed (`paired_stats`
+    of every PAIRED_CODEC metric, and of every PAIRED_LM metric per pattern as `<key>_<pattern>`)."""
+    out = {}
+    for tag in dict.fromkeys(r["tag"] for r in runs):
+        mine = [r for r in runs if r["tag"] == tag]
+        names = list(dict.fromkeys(c["codec"] for r in mine for c in r["codecs"]))
+        patterns = list(dict.fromkeys(x["pattern"] for r in mine for x in r["lms"]))
+
+        def rows(kind, key):
+            return [x for r in mine for x in r[kind] if key(x)]
+
+        codec_rows, lm_rows = [], []
+        for name in names:
+            xs = rows("codecs", lambda x: x["codec"] == name)
+            codec_rows.append({"codec": name, "lambda": xs[0]["lambda"], "align": xs[0]["align"],
+                               **{k: _stats([x.get(k) for x in xs]) for k in _numeric_keys(xs)}})
+            for p in patterns:
+                ys = rows("lms", lambda x: x["codec"] == name and x["pattern"] == p)
+                lm_rows.append({"codec": name, "lambda": ys[0]["lambda"], "pattern": p,
+                                **{k: _stats([y.get(k) for y in ys]) for k in _numeric_keys(ys)}})
+        # paired by seed: the λ > 0 codec minus the λ = 0 codec of the same seed, per metric
+        paired = []
+        for name in names:
+            lam = next(c["lambda"] for r in mine for c in r["codecs"] if c["codec"] == name)
+            if lam == 0:
+                continue
+            d = {"codec": name, "lambda": lam}
+            for key in PAIRED_CODEC:
+                d[key] = paired_stats({r["seed"]: _pick(r["codecs"], name, key) - _pick(r["codecs"], "codec_lambda0", key)
+                                       for r in mine if _has(r["codecs"], name, key) and _has(r["codecs"], "codec_lambda0", key)})
+            for p in patterns:
+                for key in PAIRED_LM:
+                    vals = {r["seed"]: _pick(r["lms"], name, key, p) - _pick(r["lms"], "codec_lambda0", key, p)
+                            for r in mine if _has(r["lms"], name, key, p) and _has(r["lms"], "codec_lambda0", key, p)}
+                    if vals:
+                        d[f"{key}_{p}"] = paired_stats(vals)
+            paired.append(d)
+        out[tag] = {"data": mine[0]["data"], "seeds": sorted(r["seed"] for r in mine),
+                    "codecs": codec_rows, "lms": lm_rows, "paired": paired,
+                    "seconds": [r["seconds"] for r in mine]}
+    return out
+
+
+def _ms(s: dict | None, fmt: str) -> str:
+    if not s or s["mean"] is None:
+        return "–"
+    return format(s["mean"], fmt) + (f" ± {s['std']:{fmt.lstrip('+')}}" if s["std"] is not None else "")
+
+
+_PAIRED_SHOWN = (("nmi_delay", "Δ NMI delay"), ("visqol", "Δ ViSQOL"), ("mel_distance", "Δ mel"),
+                 ("code_entropy_bits", "Δ code entropy (bits)"), ("depth_gap_bits_delay", "Δ depth gap, delay (bits/frame)"),
+                 ("depth_gap_bits_parallel", "Δ depth gap, parallel"), ("gap_vs_flatten_delay", "Δ (delay − flatten)"),
+                 ("bits_per_frame_depth", "Δ bits/frame, depth model"))
+
+
+def _pair_cell(s: dict | None) -> str:
+    if not s or s["mean"] is None:
+        return "–"
+    ci = f" [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]" if s["ci95"] else ""
+    p = "" if s["p_value"] is None else ", p < 0.001" if s["p_value"] < 0.001 else f", p {s['p_value']:.3f}"
+    return f"{s['mean']:+.3f}{ci}{p}, {s['n_negative']}/{s['n']}"
+
+
+def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep") -> str:
+    lines = [f"Generated by `python -m mmdlib.experiment report` from the sweep's run artifacts "
+             f"(`{run_dir}/*/seed*/sweep.json`). Cells: mean ± standard deviation over seeds.", ""]
+    for tag, a in agg.items():
+        kbps = sorted({round(c["kbps"]["mean"], 2) for c in a["codecs"] if c.get("kbps")})
+        lines += [f"### {tag} ({len(a['seeds'])} seeds: {', '.join(map(str, a['seeds']))})", "",
+                  f"Codec bitrate {', '.join(map(str, kbps))} kbps; smallest codebook usage (perplexity / size) per codec: "
+                  + ", ".join(f"{c['codec']} {_ms(c.get('usage_perplexity_ratio_min'), '.2f')}" for c in a["codecs"]) + ".", "",
+                  "Bits/frame: test clips in windows of the LM's training crop; depth gap: bits/frame the factorised "
+                  "LM gives up within a step; `depth`: the parallel trunk with its depth head, the joint model in T "
+                  "steps.", "",
+                  "| codec | pattern | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ "
+                  "| MMD² delay ↓ | bits/frame ↓ | − flatten | depth gap "
+                  + "".join(f"| FAD {e} rec. ↓ | FAD {e} gen. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
+                  "|---" * (14 + 2 * len(embedders)) + "|"]
+        codec_rows = {c["codec"]: c for c in a["codecs"]}
+        for r in a["lms"]:
+            c = codec_rows[r["codec"]]
+            lines.append(
+                f"| {r['codec']} | {r['pattern']} | {_ms(c.get('fine_structure_r'), '.3f')} | {_ms(c.get('chroma'), '.3f')} "
+                f"| {_ms(c.get('visqol'), '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {_ms(c.get('code_entropy_bits'), '.2f')} "
+                f"| {_ms(c['nmi_delay'], '.3f')} | {_ms(c['mmd_delay'], '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
+                f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} | {_ms(r.get('depth_gap_bits'), '.3f')} "
+                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen'), '.2f')} " for e in embedders)
+                + f"| {_ms(r['gen_steps'], '.0f')} | {_ms(r['gen_seconds_per_audio_second'], '.3f')} |")
+        lines += ["", "Paired differences, the codec minus the λ = 0 codec of the same seed: mean [95 % CI], "
+                      "paired t-test p, seeds below 0 (a fall).", "",
+                  "| codec | " + " | ".join(label for _, label in _PAIRED_SHOWN) + " |",
+                  "|---" * (1 + len(_PAIRED_SHOWN)) + "|"]
+        for d in a["paired"]:
+            lines.append(f"| {d['codec']} | " + " | ".join(_pair_cell(d.get(key)) for key, _ in _PAIRED_SHOWN) + " |")
+        n_q = sum(1 for k in (a["lms"][0] if a["lms"] else {}) if k.startswith("bits_codebook"))
+        if n_q:  # where the bits go: a joint model gains on the codebooks it predicts after others of the frame
+            lines += ["", "Test bits per code of each codebook (they sum to bits/frame).", "",
+                      "| codec | pattern | " + " | ".join(f"codebook {k + 1}" for k in range(n_q)) + " |",
+                      "|---" * (2 + n_q) + "|"]
+            lines += [f"| {r['codec']} | {r['pattern']} | "
+                      + " | ".join(_ms(r.get(f"bits_codebook{k + 1}"), ".2f") for k in range(n_q)) + " |"
+                      for r in a["lms"] if r.get("bits_codebook1")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def claim1_rows(agg: dict) -> list[dict]:
+    """Claim 1 from the sweep's aggregate: per data set and λ > 0 codec, the paired differences
+    against λ = 0 of the same seed (mean [95 % CI], p, seeds that fell) of the dependence and of
+    what it may cost (ViSQOL, mel distance, code entropy)."""
+    rows = []
+    for tag, a in agg.items():
+        for d in a["paired"]:
+            rows.append({"data": tag, "codec": d["codec"], "seeds": d["nmi_delay"]["n"],
+                         **{label: _pair_cell(d.get(key)) for key, label in (
+                             ("nmi_delay", "Δ NMI delay"), ("nmi_lag0", "Δ NMI lag 0"), ("visqol", "Δ ViSQOL"),
+                             ("mel_distance", "Δ mel"), ("code_entropy_bits", "Δ code entropy (bits)"))}})
+    return rows

@@ -1,0 +1,262 @@
+"""Train the token LM on codec tokens `[n_items, k, t]`: random crops, AdamW, warm-up + cosine.
+
+Single process, or DDP under torchrun (same code path, see `distributed.py`). run_dir/checkpoint.pt
+(the layout of `checkpoint.py`, shared with train_codec) holds everything needed to resume exactly:
+model, optimiser, scheduler, step, history and every rank's RNG states; a resume into another
+configuration is refused, naming the settings that differ. The batch of step i is a pure function
+of (seed, i, rank): the items come from a DistributedSampler epoch permutation, the crop offsets
+from a generator seeded with checkpoint.batch_seed(seed, i, rank), so resuming needs no
+data-loader state.
+
+    torchrun --nproc_per_node 2 -m mmdlib.train_lm --train train.pt --valid valid.pt --run-dir runs/lm
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from mmdlib import distributed as ddp
+from mmdlib.train.checkpoint import (CHECKPOINT, all_rng_states, batch_seed, check_resume, load_checkpoint, locks_run_dir,
+                         restore_rng_states, save_checkpoint, valid_seed)
+from mmdlib.lm.model import LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
+
+
+@dataclass
+class LMTrainConfig:
+    steps: int = 2000
+    batch_size: int = 16         # per rank
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup: int = 100            # linear warm-up steps, then cosine down to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seq_frames: int = 100        # random crops of this many frames
+    eval_every: int = 200
+    patience: int = 0            # early stopping: evaluations without a better held-out loss before
+                                 # training stops (0: never); the best state is kept either way
+    eval_batch_size: int = 16
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False            # bf16 autocast of the forward pass (+ TF32 on CUDA); opt-in
+    progress: bool = True        # tqdm bar (rank 0)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_frames", "eval_every", "eval_batch_size", "ckpt_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
+        if not valid_seed(self.seed):
+            raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"LM training parameter patience={self.patience!r} must be an integer >= 0")
+        if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
+                             f"got {self.warmup}, {self.lr}, {self.min_lr_ratio}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+LM_TRAIN_PRESETS: dict[str, LMTrainConfig] = {
+    # Minutes on a 2-core CPU with the tiny LM: 2 s crops at 50 Hz.
+    "tiny": LMTrainConfig(steps=2000, batch_size=16, lr=1e-3, warmup=100, seq_frames=100,
+                          eval_every=200, ckpt_every=500),
+    # GPU scale (MusicGen-like optimiser settings): 30 s crops at 50 Hz.
+    "paper": LMTrainConfig(steps=200_000, batch_size=32, lr=1e-4, warmup=4000, seq_frames=1500,
+                           eval_every=5000, ckpt_every=5000, device="cuda"),
+}
+
+
+def lr_factor(step: int, cfg: LMTrainConfig) -> float:
+    """Multiplier of cfg.lr at optimiser step `step` (0-based): linear warm-up, cosine decay."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: TokenLM, cfg: LMTrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not norms, not embeddings)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def get_batch(tokens: torch.Tensor, labels: torch.Tensor | None, step: int, cfg: LMTrainConfig,
+              rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The crops [batch_size, k, seq_frames] (and their labels) of this rank at `step`."""
+    n, _, t = tokens.shape
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    per_epoch = len(sampler)
+    pos = range(step * cfg.batch_size, (step + 1) * cfg.batch_size)  # in an endless stream of epochs
+    epochs = {}
+    for p in pos:
+        if p // per_epoch not in epochs:
+            sampler.set_epoch(p // per_epoch)
+            epochs[p // per_epoch] = list(sampler)
+    items = torch.tensor([epochs[p // per_epoch][p % per_epoch] for p in pos])
+    gen = torch.Generator().manual_seed(batch_seed(cfg.seed, step, rank))
+    offsets = torch.randint(0, t - cfg.seq_frames + 1, (cfg.batch_size,), generator=gen)
+    idx = offsets[:, None] + torch.arange(cfg.seq_frames)                 # [b, seq_frames]
+    crops = tokens[items[:, None], :, idx]                                # [b, seq_frames, k]
+    return crops.transpose(1, 2).contiguous(), None if labels is None else labels[items]
+
+
+def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int):
+    if x.ndim != 3 or x.shape[1] != lm_cfg.n_q or x.dtype != torch.long:
+        raise ValueError(f"{name}: expected a long tensor [n, {lm_cfg.n_q}, t], got {x.dtype} {list(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no items (the tensor is [0, {lm_cfg.n_q}, t]); tokenise some clips first")
+    if x.shape[2] < min_frames:
+        raise ValueError(f"{name}: {x.shape[2]} frames < seq_frames={min_frames}")
+    if len(x) and (x.min() < 0 or x.max() >= lm_cfg.codebook_size):
+        raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
+
+
+def _save(path: Path, model, opt, sched, step: int, history: list[dict], config: dict, best: dict | None):
+    """Collective under DDP (gathers every rank's RNG states); rank 0 writes. best: {"step",
+    "bits", "model", "stopped"}: the state with the lowest held-out loss so far."""
+    rng = all_rng_states()
+    if ddp.is_main():
+        save_checkpoint(path, {"kind": "lm", "model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
+                               "config": config, "best": best})
+
+
+def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
+    """The model of a train_lm checkpoint: `TokenLM.load(path, device)`."""
+    return TokenLM.load(path, device)
+
+
+@locks_run_dir
+def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMConfig,
+             train_cfg: LMTrainConfig, run_dir: str | Path, *, labels_train: torch.Tensor | None = None,
+             labels_valid: torch.Tensor | None = None, stop_after: int | None = None
+             ) -> tuple[TokenLM, list[dict]]:
+    """Train (or resume from run_dir/checkpoint.pt) and return (model, history).
+
+    tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
+    stop_after: stop once this many steps are done (to simulate an interruption).
+    history: one row per step, {"step", "loss" (mean nats per code), "lr"}, plus
+    "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step): the
+    held-out clips scored in windows of seq_frames, the length the model trains on.
+    Early stopping: the state with the lowest held-out loss is kept (checkpoint key "best"; the
+    returned model and TokenLM.load use it); with patience > 0, training stops after that many
+    evaluations without improvement.
+    The run holds run_dir/train.lock; resuming checks the configuration (checkpoint.check_resume:
+    only device, progress, eval_batch_size, ckpt_every and a `steps` not below the checkpoint's
+    step may change)."""
+    _check_tokens("tokens_train", tokens_train, lm_cfg, train_cfg.seq_frames)
+    _check_tokens("tokens_valid", tokens_valid, lm_cfg, 1)
+    if (labels_train is not None or labels_valid is not None) and not lm_cfg.n_classes:
+        raise ValueError("labels given but lm_cfg.n_classes == 0")
+    device = ddp.setup(train_cfg.device)
+    rank, world = ddp.rank(), ddp.world_size()
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINT
+    config = {"model": lm_cfg.to_dict(), "train": train_cfg.to_dict()}
+    if ddp.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(train_cfg.seed + rank)
+    model = TokenLM(lm_cfg).to(device)
+    opt = make_optimizer(model, train_cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, train_cfg))
+    step, history, best = 0, [], None
+    found = next((p for p in (ckpt, run_dir / "ckpt.pt") if p.is_file()), None)  # ckpt.pt: its former name
+    if found is not None:
+        state = load_checkpoint(found, "lm")
+        check_resume(state, config, train_cfg.steps, found)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, history, best = state["step"], state["history"], state.get("best")
+        restore_rng_states(state["rng"])
+        if found != ckpt:  # carried over to the new name and layout
+            _save(ckpt, model, opt, sched, step, history, config, best)
+    ddp.allow_tf32(device, train_cfg.amp)
+    net = ddp.wrap_ddp(model, device)
+    valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
+
+    def evaluate() -> float:
+        lab = None if labels_valid is None else labels_valid[valid_items]
+        nats, frames = nll_sum(model, tokens_valid[valid_items], train_cfg.eval_batch_size, lab, train_cfg.seq_frames)
+        tot = torch.tensor([nats, frames], dtype=torch.float64, device=device)
+        if ddp.is_distributed():
+            dist.all_reduce(tot)
+        return float(tot[0] / math.log(2) / tot[1])
+
+    end = train_cfg.steps if stop_after is None else min(train_cfg.steps, stop_after)
+    bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and ddp.is_main()), desc="lm")
+    model.train()
+    while step < end and not (best and best["stopped"]):
+        codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
+        with ddp.autocast(device, train_cfg.amp):  # bf16 forward when amp
+            nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
+        loss = nll / n_codes
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        step += 1
+        loss_value = float(ddp.all_reduce_mean(loss.detach()))
+        row = {"step": step, "loss": loss_value, "lr": lr}
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+            row["valid_bits_per_frame"] = bpf = evaluate()
+            if best is None or bpf < best["bits"]:
+                best = {"step": step, "bits": bpf, "stopped": False,
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            evals_since = sum(1 for r in history if "valid_bits_per_frame" in r and r["step"] > best["step"])
+            best["stopped"] = bool(train_cfg.patience) and evals_since >= train_cfg.patience
+            if train_cfg.progress and ddp.is_main():
+                bar.write(f"step {step}: valid {bpf:.3f} bits/frame" + (" (stopping early)" if best["stopped"] else ""))
+        if step % train_cfg.ckpt_every == 0 or step == end or (best and best["stopped"]):
+            _save(ckpt, net, opt, sched, step, history, config, best)
+    bar.close()
+    if best is not None:
+        model.load_state_dict(best["model"])
+    return model, history
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, help="torch.save'd long tensor [n, k, t]")
+    p.add_argument("--valid", required=True, help="torch.save'd long tensor [n, k, t]")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--lm", default="tiny", help="LM preset")
+    p.add_argument("--train-preset", default="tiny", choices=sorted(LM_TRAIN_PRESETS))
+    p.add_argument("--pattern", default=None)
+    p.add_argument("--codebook-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (+ TF32 on CUDA)")
+    a = p.parse_args(argv)
+    tr, va = torch.load(a.train), torch.load(a.valid)
+    over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
+    if a.codebook_size is not None and a.codebook_size < 1:
+        p.error(f"--codebook-size must be >= 1, got {a.codebook_size}")
+    over |= {"codebook_size": a.codebook_size} if a.codebook_size is not None else {}
+    lm_cfg = lm_config(a.lm, **over)
+    train_cfg = dataclasses.replace(LM_TRAIN_PRESETS[a.train_preset],
+                                    **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None},
+                                    **({"amp": True} if a.amp else {}))
+    _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir)
+    ddp.cleanup()
+    return history

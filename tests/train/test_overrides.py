@@ -1,0 +1,52 @@
+"""`--set KEY=VALUE`: typed by the config's fields, nested settings keep their preset's values."""
+import pytest
+
+from mmdlib.train.overrides import apply_overrides
+from mmdlib.train.codec import main as train_codec_main, train_preset
+
+
+def test_values_are_typed_by_the_fields():
+    base = train_preset("tiny")
+    cfg = apply_overrides(base, ["steps=1e3", "mmd_weight=100", "lr=3e-4", "discriminator=true",
+                                 "betas=[0.8,0.99]", "cache_dir=none", "data=some/folder"])
+    assert (cfg.steps, cfg.mmd_weight, cfg.lr, cfg.discriminator) == (1000, 100.0, 3e-4, True)
+    assert type(cfg.steps) is int and type(cfg.mmd_weight) is float
+    assert cfg.betas == (0.8, 0.99) and cfg.cache_dir is None and cfg.data == "some/folder"
+    assert base.steps == train_preset("tiny").steps != 1000  # a copy
+
+
+def test_nested_settings_keep_the_preset():
+    base = train_preset("tiny")
+    assert base.mmd.normalize_distance  # the tiny preset's kernel
+    for item in ("mmd_align=none", "mmd.align=none"):
+        cfg = apply_overrides(base, [item])
+        assert cfg.mmd.align == "none" and cfg.mmd.normalize_distance  # not rebuilt from defaults
+    cfg = apply_overrides(base, ["mmd.scales=[1,10]", "mmd.groups=[[0,1],[2,3]]"])
+    assert cfg.mmd.scales == (1.0, 10.0) and cfg.mmd.groups == [[0, 1], [2, 3]]
+
+
+@pytest.mark.parametrize("item,match", [
+    ("mmd_weight=nan", "finite number"), ("mmd_weight=inf", "finite number"), ("mmd_weight=abc", "a number"),
+    ("steps=1.5", "integer"), ("steps=ten", "integer"), ("seed=1e30", "integer"),
+    ("stepz=3", r"unknown parameter 'stepz'.*'steps'"), ("mmd=3", "group of settings"),
+    ("mmd.aling=none", "unknown parameter 'aling' of MMDConfig"), ("steps", "KEY=VALUE"),
+    ("discriminator=maybe", "true or false"), ("mmd.align=sideways", "align"),
+])
+def test_bad_values_are_refused_by_name(item, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(train_preset("tiny"), [item])
+
+
+def test_the_command_line_reports_a_bad_override(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_codec_main(["--run-dir", str(tmp_path), "--set", "mmd_weight=nan"])
+    assert e.value.code == 2 and "mmd_weight='nan': expected a finite number" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_items_are_checked_together_whatever_their_order():
+    """The config's checks see the final combination: steps=2 with mmd_weight before mmd_start is fine."""
+    cfg = apply_overrides(train_preset("tiny"), ["steps=2", "mmd_weight=10", "mmd_start=1", "mmd.align=none"])
+    assert (cfg.steps, cfg.mmd_weight, cfg.mmd_start, cfg.mmd.align, cfg.mmd.normalize_distance) == (2, 10.0, 1, "none", True)
+    with pytest.raises(ValueError, match=r"mmd_start=400 >= steps=2: the MMD loss would never be on"):
+        apply_overrides(train_preset("tiny"), ["steps=2", "mmd_weight=10"])
