@@ -30,7 +30,8 @@ from mmdlib.data.datasets import make_dataset
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.eval.metrics import bitrate, chroma_similarity, envelope_noise, fine_structure_r, mel_distance, si_snr, visqol
 from mmdlib.pipeline.params import resolve
-from mmdlib.train.codec import train_codec, train_preset
+from mmdlib.train.codec import train_codec
+from mmdlib.train.config import train_preset
 from .common import peak_rss_mib, report
 
 SUPERTUX = "data/external/supertux"

@@ -24,7 +24,8 @@ import torch
 
 from mmdlib.lm.depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorisation_gap
 from mmdlib.lm.model import lm_config
-from mmdlib.train.lm import LM_TRAIN_PRESETS, train_lm
+from mmdlib.train.lm import train_lm
+from mmdlib.train.config import LM_TRAIN_PRESETS
 from .common import peak_rss_mib, report
 
 

@@ -24,7 +24,8 @@ from mmdlib.data.datasets import make_dataset
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.pipeline.layout import codec_name
 from mmdlib.mmd.loss import MMDConfig
-from mmdlib.train.codec import train_codec, train_preset
+from mmdlib.train.codec import train_codec
+from mmdlib.train.config import train_preset
 from .common import peak_rss_mib, report
 
 KEYS = ("nmi_delay", "nmi_lag0", "mmd", "mmd_normalized", "visqol", "mel_distance", "sisnr_db", "usage_perplexity_ratio_min")

@@ -29,8 +29,8 @@ from mmdlib.pipeline.layout import RunLayout
 from mmdlib.lm.model import LM_PRESETS
 from mmdlib.mmd.loss import ALIGNS
 from mmdlib.patterns import PATTERNS
-from mmdlib.train.codec import TRAIN_PRESETS
-from mmdlib.train.lm import LM_TRAIN_PRESETS
+from mmdlib.train.config import TRAIN_PRESETS
+from mmdlib.train.config import LM_TRAIN_PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (relative paths are resolved here)
 NOTEBOOKS = ("00_data", "01_train_codec", "02_dependence", "03_train_lm", "04_generate", "05_report")

@@ -37,8 +37,10 @@ from mmdlib.eval.metrics import chroma_similarity, fine_structure_r, mel_distanc
 from mmdlib.mmd.loss import mmd_independence
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
 from mmdlib.lm.sampling import generate
-from mmdlib.train.codec import TRAIN_PRESETS, fork_checkpoint, train_codec, train_preset
-from mmdlib.train.lm import LM_TRAIN_PRESETS, train_lm
+from mmdlib.train.codec import fork_checkpoint, train_codec
+from mmdlib.train.config import TRAIN_PRESETS, train_preset
+from mmdlib.train.lm import train_lm
+from mmdlib.train.config import LM_TRAIN_PRESETS
 
 
 def read_json(path: Path, how: str = "") -> dict:

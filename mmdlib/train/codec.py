@@ -12,13 +12,11 @@ uninterrupted run would.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,116 +25,18 @@ from tqdm.auto import tqdm
 
 from mmdlib import distributed as D
 from mmdlib.train.checkpoint import (CHECKPOINT, RUN_NEUTRAL, all_rng_states, batch_seed, check_resume, check_same_config,
-                         load_checkpoint, locks_run_dir, restore_rng_states, save_checkpoint, valid_seed)
-from mmdlib.codec.model import Codec, CodecConfig, codec_preset
+                         load_checkpoint, locks_run_dir, restore_rng_states, save_checkpoint)
+from mmdlib.codec.model import Codec
 from mmdlib.data.datasets import make_dataset
-from mmdlib.codec.discriminator import DiscriminatorConfig, MultiScaleSTFTDiscriminator
+from mmdlib.codec.discriminator import MultiScaleSTFTDiscriminator
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.mmd.saturation import kernel_report
 from mmdlib.codec.losses import (LossBalancer, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching_loss, hinge_d_loss,
                      hinge_g_loss, l1_wave)
 from mmdlib.mmd.loss import MMDConfig, gather_streams, mmd_independence
+from mmdlib.train.config import TRAIN_PRESETS, CodecTrainConfig, train_preset
 from mmdlib.train.overrides import apply_overrides
 from mmdlib.codec.spectral import spectral_losses
-
-
-@dataclass
-class CodecTrainConfig:
-    preset: str = "tiny"            # codec architecture preset (mmdlib.codec.model.CODEC_PRESETS)
-    data: str = "synthetic"         # "synthetic" or a folder of audio files
-    steps: int = 1200
-    batch_size: int = 8
-    segment_seconds: float = 1.0
-    n_train_items: int = 4096       # synthetic clips in the training set (folder: crops per epoch)
-    n_valid_items: int = 32
-    lr: float = 1e-3
-    lr_final: float = 1.0           # cosine decay from lr to lr·lr_final over `steps` (1.0: constant lr;
-                                    # a run extended on resume follows the new schedule from there)
-    betas: tuple[float, float] = (0.5, 0.9)
-    # loss weights (plain weights, or targets of the balancer when `balancer=True`). The tiny
-    # presets keep the commitment small: with w_commit=1 the SEANet encoder collapses onto a few
-    # codes for hundreds of steps.
-    w_l1: float = 1.0
-    w_mel: float = 0.05
-    w_adv: float = 4.0
-    w_feat: float = 4.0
-    w_commit: float = 0.01
-    w_stft: float = 0.0             # multi-resolution linear STFT loss (0: off)
-    w_spec: float = 0.0             # spectral codec: L1 between its predicted log-magnitude and the
-                                    # input's (the decoder's own STFT; outside the balancer)
-    w_advance: float = 0.0          # spectral codec with phase="advance": its predicted phase advance against
-                                    # the input's (mmdlib.codec.spectral.spectral_losses)
-    discriminator: bool = False     # MS-STFT discriminator: adversarial + feature matching
-    discriminator_size: str = "tiny"  # DiscriminatorConfig.tiny() or .paper()
-    balancer: bool = False
-    # the independence loss, outside the balancer (paper: weight 1000, 32 batches, delay-aligned)
-    mmd_weight: float = 0.0
-    mmd_start: int = 400            # steps of reconstruction only before the MMD loss is on: from a
-                                    # fresh encoder (tiny latent variance) it collapses the codebooks
-    mmd_macro_batches: int = 4
-    mmd: MMDConfig = field(default_factory=MMDConfig)
-    eval_every: int = 200
-    eval_visqol: int = 8            # validation clips scored with ViSQOL at the last evaluation (0: none)
-    ckpt_every: int = 200
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False               # bf16 autocast of the forward pass (+ TF32 on CUDA); opt-in
-    cache_dir: str | None = None    # on-disk cache of decoded audio (folder data)
-
-    def __post_init__(self):
-        if not 0 < self.lr_final <= 1:
-            raise ValueError(f"training parameter lr_final={self.lr_final} must be in (0, 1]")
-        if self.mmd_start < 0:
-            raise ValueError(f"training parameter mmd_start={self.mmd_start} must be >= 0")
-        if self.mmd_weight and self.mmd_start >= self.steps:
-            raise ValueError(f"mmd_weight={self.mmd_weight:g} but mmd_start={self.mmd_start} >= steps={self.steps}: "
-                             "the MMD loss would never be on; set mmd_start below steps (e.g. mmd_start="
-                             f"{2 * self.steps // 3})")
-        for name in ("steps", "batch_size", "mmd_macro_batches", "eval_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
-        if not valid_seed(self.seed):
-            raise ValueError(f"training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
-        if self.segment_seconds <= 0:
-            raise ValueError(f"training parameter segment_seconds={self.segment_seconds} must be > 0")
-        if self.discriminator_size not in ("tiny", "paper"):
-            raise ValueError(f"discriminator_size={self.discriminator_size!r}: choose 'tiny' or 'paper'")
-        if isinstance(self.mmd, dict):  # from a checkpoint or JSON
-            self.mmd = MMDConfig(**self.mmd)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-TRAIN_PRESETS: dict[str, CodecTrainConfig] = {
-    # The tiny codec learns from its own spectra only: the L1 of its predicted log-magnitude (w_spec) and its
-    # phase advances (w_advance). No loss on the waveform: a mel loss, even at weight 0.1, traded the notes for
-    # the envelope, and the waveform L1 is meaningless for a phase the decoder builds itself (README, "The tiny
-    # codec"). 2400 steps (about 12 minutes on 2 cores), lr decayed to a tenth.
-    # MMD distances normalised by K·D: with raw distances (the reference's) the tiny encoder drove
-    # the loss to ~0 while its codes got no less dependent (kernels saturate; see the README)
-    "tiny": CodecTrainConfig(steps=2400, eval_every=400, ckpt_every=400, lr_final=0.1, w_l1=0.0, w_mel=0.0, w_spec=1.0,
-                             w_advance=1.0, mmd=MMDConfig(normalize_distance=True)),
-    # the former tiny codec (learned phase): multi-scale mel, its log-magnitude and a small waveform L1
-    "tiny_learned": CodecTrainConfig(preset="tiny_learned", lr_final=0.1, w_l1=0.1, w_mel=1.0, w_spec=1.0,
-                                     mmd=MMDConfig(normalize_distance=True)),
-    "tiny_seanet": CodecTrainConfig(preset="tiny_seanet", lr_final=0.1, mmd=MMDConfig(normalize_distance=True)),
-    "paper": CodecTrainConfig(
-        preset="paper", steps=200_000, batch_size=64, segment_seconds=1.0, n_train_items=100_000,
-        n_valid_items=256, mmd_start=0, lr=3e-4, w_commit=1.0, w_l1=0.1, w_mel=2.0, w_adv=4.0, w_feat=4.0, discriminator=True,
-        discriminator_size="paper", balancer=True, mmd_macro_batches=32, eval_every=5000, ckpt_every=5000, device="cuda",
-    ),
-}
-
-
-def train_preset(name: str, **overrides) -> CodecTrainConfig:
-    if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(CodecTrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown training parameter(s) {sorted(unknown)}")
-    return dataclasses.replace(TRAIN_PRESETS[name], **overrides)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -218,7 +118,7 @@ def learning_rate(cfg: CodecTrainConfig, step: int) -> float:
 
 # -- the loop --------------------------------------------------------------------------------------
 @locks_run_dir  # run_dir/train.lock: one training at a time per run directory
-def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConfig | None = None,
+def train_codec(cfg: CodecTrainConfig, run_dir: str | Path,
                 stop_at: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) a codec in `run_dir`; returns {"history": [...], "final": metrics}.
 
@@ -230,7 +130,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     run_dir = Path(run_dir)
     device = D.setup(cfg.device)
     rank = D.rank()
-    codec_cfg = codec_cfg or codec_preset(cfg.preset)
+    codec_cfg = cfg.model
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -238,8 +138,8 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, codec_cfg: CodecConf
     model = Codec(codec_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     disc = opt_d = None
-    if cfg.discriminator:
-        disc = MultiScaleSTFTDiscriminator(getattr(DiscriminatorConfig, cfg.discriminator_size)()).to(device)
+    if cfg.discriminator is not None:
+        disc = MultiScaleSTFTDiscriminator(cfg.discriminator).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
     mel_loss = MultiScaleMelLoss(codec_cfg.sample_rate).to(device)
     stft_loss = MultiResolutionSTFTLoss().to(device)

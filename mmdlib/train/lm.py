@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,56 +24,9 @@ from tqdm import tqdm
 
 from mmdlib import distributed as ddp
 from mmdlib.train.checkpoint import (CHECKPOINT, all_rng_states, batch_seed, check_resume, load_checkpoint, locks_run_dir,
-                         restore_rng_states, save_checkpoint, valid_seed)
+                         restore_rng_states, save_checkpoint)
 from mmdlib.lm.model import LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
-
-
-@dataclass
-class LMTrainConfig:
-    steps: int = 2000
-    batch_size: int = 16         # per rank
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup: int = 100            # linear warm-up steps, then cosine down to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seq_frames: int = 100        # random crops of this many frames
-    eval_every: int = 200
-    patience: int = 0            # early stopping: evaluations without a better held-out loss before
-                                 # training stops (0: never); the best state is kept either way
-    eval_batch_size: int = 16
-    ckpt_every: int = 500
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False            # bf16 autocast of the forward pass (+ TF32 on CUDA); opt-in
-    progress: bool = True        # tqdm bar (rank 0)
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_frames", "eval_every", "eval_batch_size", "ckpt_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
-        if not valid_seed(self.seed):
-            raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
-        if not isinstance(self.patience, int) or self.patience < 0:
-            raise ValueError(f"LM training parameter patience={self.patience!r} must be an integer >= 0")
-        if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"LM training parameters: need warmup >= 0, lr > 0, 0 <= min_lr_ratio <= 1; "
-                             f"got {self.warmup}, {self.lr}, {self.min_lr_ratio}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-LM_TRAIN_PRESETS: dict[str, LMTrainConfig] = {
-    # Minutes on a 2-core CPU with the tiny LM: 2 s crops at 50 Hz.
-    "tiny": LMTrainConfig(steps=2000, batch_size=16, lr=1e-3, warmup=100, seq_frames=100,
-                          eval_every=200, ckpt_every=500),
-    # GPU scale (MusicGen-like optimiser settings): 30 s crops at 50 Hz.
-    "paper": LMTrainConfig(steps=200_000, batch_size=32, lr=1e-4, warmup=4000, seq_frames=1500,
-                           eval_every=5000, ckpt_every=5000, device="cuda"),
-}
+from mmdlib.train.config import LM_TRAIN_PRESETS, LMTrainConfig
 
 
 def lr_factor(step: int, cfg: LMTrainConfig) -> float:

@@ -9,7 +9,8 @@ from mmdlib.train.checkpoint import CheckpointError, RunDirLocked, run_lock, use
 from mmdlib.lm.model import KVCache, LMConfig, TokenLM, bits_per_codebook, evaluate_bits_per_frame, lm_config, nll_sum, sequence_nll, windows
 from mmdlib.patterns import PATTERNS
 from mmdlib.lm.sampling import generate, sample_logits
-from mmdlib.train.lm import LMTrainConfig, get_batch, lr_factor, train_lm
+from mmdlib.train.lm import get_batch, lr_factor, train_lm
+from mmdlib.train.config import LMTrainConfig
 
 V = 11
 
@@ -335,7 +336,7 @@ def test_paper_lm_preset_trains_and_generates_on_cpu(tmp_path):
     """The paper LM (width 1024, 16 heads, 4 x 2048 codes, dropout 0.1) with its training preset
     (AdamW, lr 1e-4, warm-up, delay pattern) for 2 steps on short crops, cut to 2 of its 24 layers
     (every code path, in a CPU's memory), then KV-cached sampling: the GPU run's path once."""
-    from mmdlib.train.lm import LM_TRAIN_PRESETS
+    from mmdlib.train.config import LM_TRAIN_PRESETS
     lm_cfg = lm_config("paper", n_layers=2)
     assert (lm_cfg.dim, lm_cfg.n_heads, lm_cfg.codebook_size, lm_cfg.dropout, lm_cfg.pattern) == (1024, 16, 2048, 0.1, "delay")
     cfg = dataclasses.replace(LM_TRAIN_PRESETS["paper"], steps=2, batch_size=2, seq_frames=24, eval_every=2,

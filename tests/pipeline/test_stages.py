@@ -13,8 +13,8 @@ from mmdlib.train.overrides import apply_overrides
 from mmdlib.pipeline.params import PipelineError, check_params
 from mmdlib.codec.quantize import QuantizerConfig
 from mmdlib.codec.seanet import SEANetConfig
-from mmdlib.train.codec import TRAIN_PRESETS, train_preset
-from mmdlib.train.lm import LM_TRAIN_PRESETS
+from mmdlib.train.config import TRAIN_PRESETS, train_preset
+from mmdlib.train.config import LM_TRAIN_PRESETS
 
 SMALL = CodecConfig(
     sample_rate=16000,

@@ -16,6 +16,7 @@ import torch
 
 from mmdlib.train import codec as tc
 from mmdlib.train import lm as tl
+from mmdlib.train.config import LMTrainConfig, train_preset
 from mmdlib.codec.model import CodecConfig
 from mmdlib.lm.model import lm_config
 from mmdlib.codec.quantize import QuantizerConfig
@@ -28,9 +29,9 @@ B = 2  # per rank
 
 
 def codec_run(run_dir: str, concat: int) -> None:
-    cfg = tc.train_preset("tiny", steps=3, batch_size=B * max(1, concat), segment_seconds=0.2, n_train_items=8,
-                          n_valid_items=2, eval_every=3, ckpt_every=3, mmd_weight=100.0, mmd_start=1,
-                          mmd_macro_batches=1, eval_visqol=0)
+    cfg = train_preset("tiny", steps=3, batch_size=B * max(1, concat), segment_seconds=0.2, n_train_items=8,
+                       n_valid_items=2, eval_every=3, ckpt_every=3, mmd_weight=100.0, mmd_start=1,
+                       mmd_macro_batches=1, eval_visqol=0, model=CODEC)
     if concat:
         one_rank = tc.get_batch
 
@@ -38,14 +39,14 @@ def codec_run(run_dir: str, concat: int) -> None:
             part = dataclasses.replace(cfg, batch_size=cfg.batch_size // concat)
             return torch.cat([one_rank(ds, part, step, r) for r in range(concat)])
         tc.get_batch = get_batch
-    tc.train_codec(cfg, run_dir, codec_cfg=CODEC, progress=False)
+    tc.train_codec(cfg, run_dir, progress=False)
 
 
 def lm_run(run_dir: str, concat: int) -> None:
     g = torch.Generator().manual_seed(0)
     train, valid = torch.randint(0, 16, (8, 4, 40), generator=g), torch.randint(0, 16, (4, 4, 40), generator=g)
-    cfg = tl.LMTrainConfig(steps=3, batch_size=B * max(1, concat), seq_frames=16, warmup=1, eval_every=3,
-                           ckpt_every=3, progress=False)
+    cfg = LMTrainConfig(steps=3, batch_size=B * max(1, concat), seq_frames=16, warmup=1, eval_every=3,
+                        ckpt_every=3, progress=False)
     if concat:
         one_rank = tl.get_batch
 

@@ -1,15 +1,18 @@
 """The codec training loop: exact resume after an interruption, bad parameters."""
+import dataclasses
 import json
 import math
 import pytest
 import torch
 
+from mmdlib.codec.discriminator import DiscriminatorConfig
 from mmdlib.codec.model import Codec, CodecConfig
 from mmdlib.mmd.loss import MMDConfig
 from mmdlib.codec.quantize import QuantizerConfig
 from mmdlib.codec.seanet import SEANetConfig
 from mmdlib.codec.spectral import SpectralConfig
-from mmdlib.train.codec import check_kernels, learning_rate, train_codec, train_preset
+from mmdlib.train.codec import check_kernels, learning_rate, train_codec
+from mmdlib.train.config import train_preset
 
 # the tiny preset's architecture (spectral), small
 SMALL = CodecConfig(
@@ -27,16 +30,16 @@ def config(**kw):
     base = dict(steps=7, mmd_start=1, batch_size=2, segment_seconds=0.2, n_train_items=8, n_valid_items=2,
                 eval_every=3, ckpt_every=2, mmd_weight=10.0, mmd_macro_batches=3,
                 mmd=MMDConfig(block_size=64))
-    return train_preset("tiny", **(base | kw))
+    return train_preset("tiny", **(dict(model=SMALL) | base | kw))
 
 
 @pytest.mark.parametrize("discriminator", [False, True])
 def test_resume_reproduces_uninterrupted_run(tmp_path, discriminator):
-    cfg = config(discriminator=discriminator)
-    full = train_codec(cfg, tmp_path / "full", codec_cfg=SMALL, progress=False)
+    cfg = config(discriminator=DiscriminatorConfig.tiny() if discriminator else None)
+    full = train_codec(cfg, tmp_path / "full", progress=False)
     # MMD macro-batches are steps 1-3 and 4-6; interrupted after step 4 (mid macro-batch), resumed
-    train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, stop_at=5, progress=False)
-    resumed = train_codec(cfg, tmp_path / "cut", codec_cfg=SMALL, progress=False)
+    train_codec(cfg, tmp_path / "cut", stop_at=5, progress=False)
+    resumed = train_codec(cfg, tmp_path / "cut", progress=False)
     assert resumed["last_losses"] == full["last_losses"]
     assert "mmd" in full["last_losses"]
     assert resumed["history"] == [
@@ -50,25 +53,25 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, discriminator):
 
 def test_same_seed_same_numbers(tmp_path):
     cfg = config(steps=3, mmd_weight=0.0)
-    one = train_codec(cfg, tmp_path / "a", codec_cfg=SMALL, progress=False)
-    two = train_codec(cfg, tmp_path / "b", codec_cfg=SMALL, progress=False)
+    one = train_codec(cfg, tmp_path / "a", progress=False)
+    two = train_codec(cfg, tmp_path / "b", progress=False)
     assert one["last_losses"] == two["last_losses"]
 
 
 def test_resume_refuses_other_config(tmp_path):
-    train_codec(config(steps=2), tmp_path, codec_cfg=SMALL, progress=False)
+    train_codec(config(steps=2), tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"another configuration: train\.lr: 0\.001 in the checkpoint, 0\.0005 now"):
-        train_codec(config(steps=2, lr=5e-4), tmp_path, codec_cfg=SMALL, progress=False)
+        train_codec(config(steps=2, lr=5e-4), tmp_path, progress=False)
     # raising the step count extends the run instead
-    out = train_codec(config(steps=3), tmp_path, codec_cfg=SMALL, progress=False)
+    out = train_codec(config(steps=3), tmp_path, progress=False)
     assert [h["step"] for h in out["history"]] == [2, 3]
     assert torch.load(tmp_path / "checkpoint.pt.prev", weights_only=False)["step"] == 2
     # a finished run started again trains nothing and returns its saved results, wherever its data cache is
-    again = train_codec(config(steps=3, cache_dir=str(tmp_path / "cache")), tmp_path, codec_cfg=SMALL, progress=False)
+    again = train_codec(config(steps=3, cache_dir=str(tmp_path / "cache")), tmp_path, progress=False)
     assert again["history"] == out["history"] and again["last_losses"] == {}
     # but it cannot be cut back below its last step
     with pytest.raises(ValueError, match=r"checkpoint\.pt is at step 3, past steps=2"):
-        train_codec(config(steps=2), tmp_path, codec_cfg=SMALL, progress=False)
+        train_codec(config(steps=2), tmp_path, progress=False)
 
 
 def test_bad_parameters():
@@ -94,11 +97,11 @@ def test_fork_from_shared_prefix_equals_run_from_scratch(tmp_path):
     from mmdlib.train.codec import fork_checkpoint
 
     cfg = config(steps=6, mmd_start=3, mmd=MMDConfig(block_size=64, align="none"))  # MMD at steps 3-5
-    scratch = train_codec(cfg, tmp_path / "scratch", codec_cfg=SMALL, progress=False)
+    scratch = train_codec(cfg, tmp_path / "scratch", progress=False)
     base = config(steps=6, mmd_start=3, mmd_weight=0.0)  # the λ = 0 run, stopped at mmd_start
-    train_codec(base, tmp_path / "base", codec_cfg=SMALL, stop_at=3, progress=False)
+    train_codec(base, tmp_path / "base", stop_at=3, progress=False)
     fork_checkpoint(tmp_path / "base" / "checkpoint.pt", cfg, tmp_path / "fork")
-    forked = train_codec(cfg, tmp_path / "fork", codec_cfg=SMALL, progress=False)
+    forked = train_codec(cfg, tmp_path / "fork", progress=False)
     assert forked["last_losses"] == scratch["last_losses"] and "mmd" in forked["last_losses"]
     a, b = Codec.load(tmp_path / "scratch" / "codec.pt"), Codec.load(tmp_path / "fork" / "codec.pt")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -106,7 +109,7 @@ def test_fork_from_shared_prefix_equals_run_from_scratch(tmp_path):
     # only the MMD settings may differ, and only before mmd_start
     with pytest.raises(ValueError, match="lr"):
         fork_checkpoint(tmp_path / "base" / "checkpoint.pt", config(steps=6, mmd_start=3, lr=5e-4), tmp_path / "x")
-    train_codec(base, tmp_path / "base", codec_cfg=SMALL, stop_at=5, progress=False)
+    train_codec(base, tmp_path / "base", stop_at=5, progress=False)
     with pytest.raises(ValueError, match="after mmd_start"):
         fork_checkpoint(tmp_path / "base" / "checkpoint.pt", cfg, tmp_path / "y")
 
@@ -114,10 +117,10 @@ def test_fork_from_shared_prefix_equals_run_from_scratch(tmp_path):
 def test_seanet_codec_trains_with_its_preset_and_refuses_the_spectral_loss(tmp_path):
     cfg = train_preset("tiny_seanet", steps=2, batch_size=2, segment_seconds=0.2, n_train_items=4, n_valid_items=2,
                        eval_every=2, ckpt_every=2)
-    out = train_codec(cfg, tmp_path / "a", codec_cfg=SMALL_SEANET, progress=False)
+    out = train_codec(dataclasses.replace(cfg, model=SMALL_SEANET), tmp_path / "a", progress=False)
     assert out["final"]["step"] == 2 and torch.isfinite(torch.tensor(out["final"]["mel_distance"]))
     with pytest.raises(ValueError, match="w_spec=1.0, w_advance=1.0 need a spectral codec"):
-        train_codec(config(steps=2), tmp_path / "b", codec_cfg=SMALL_SEANET, progress=False)
+        train_codec(config(steps=2, model=SMALL_SEANET), tmp_path / "b", progress=False)
 
 
 @pytest.mark.slow  # the paper's codec, on CPU: ~30 s
@@ -154,9 +157,9 @@ def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path, codec_cfg, discriminator):
     """amp=True: bf16 autocast of the forward pass (CPU here; TF32 too on CUDA), finite losses; the
     quantizer's codes and the MMD stay float32."""
     spectral = codec_cfg.arch == "spectral"
-    cfg = config(steps=4, amp=True, discriminator=discriminator, w_spec=float(spectral), w_advance=float(spectral),
+    cfg = config(steps=4, amp=True, model=codec_cfg, discriminator=DiscriminatorConfig.tiny() if discriminator else None, w_spec=float(spectral), w_advance=float(spectral),
                  w_mel=0.0 if spectral else 1.0)
-    out = train_codec(cfg, tmp_path, codec_cfg=codec_cfg, progress=False)
+    out = train_codec(cfg, tmp_path, progress=False)
     assert all(math.isfinite(v) for v in out["last_losses"].values()) and "mmd" in out["last_losses"]
     codec = Codec.load(tmp_path / "codec.pt")
     x = torch.randn(2, 1, 3200)
@@ -177,10 +180,10 @@ def test_resume_mid_macro_batch_moves_the_pending_batches_to_the_device(tmp_path
     reach the encoder through `.to(device)` (on CUDA the resume crashed). A device spy on CPU."""
     import mmdlib.train.codec as tc
     cfg = config()
-    train_codec(cfg, tmp_path, codec_cfg=SMALL, stop_at=5, progress=False)  # step 5: mid macro-batch 4-6
+    train_codec(cfg, tmp_path, stop_at=5, progress=False)  # step 5: mid macro-batch 4-6
     get_batch, encode = tc.get_batch, Codec.encode_streams
     seen = []
     monkeypatch.setattr(tc, "get_batch", lambda *a: get_batch(*a).as_subclass(_Unmoved))
     monkeypatch.setattr(Codec, "encode_streams", lambda self, wav, **kw: seen.append(type(wav)) or encode(self, wav, **kw))
-    train_codec(cfg, tmp_path, codec_cfg=SMALL, progress=False)
+    train_codec(cfg, tmp_path, progress=False)
     assert seen and all(t is torch.Tensor for t in seen), seen

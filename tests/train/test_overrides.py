@@ -2,7 +2,8 @@
 import pytest
 
 from mmdlib.train.overrides import apply_overrides
-from mmdlib.train.codec import main as train_codec_main, train_preset
+from mmdlib.train.codec import main as train_codec_main
+from mmdlib.train.config import train_preset
 
 
 def test_values_are_typed_by_the_fields():
