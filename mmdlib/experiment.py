@@ -35,10 +35,10 @@ from mmdlib.data.audio import load_audio
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.eval.fad import embed_audio, fad, get_embedder
 from mmdlib.pipeline.layout import write_json
-from mmdlib.pipeline.params import PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
+from mmdlib.pipeline.params import DEPTH_TRUNK, PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
 from mmdlib.pipeline.report import add_gap, aggregate, report_markdown
-from mmdlib.pipeline.stages import (DEPTH_TRUNK, codec_train_config, dataset, depth_run, generate_run, load_codec, models, sample_rate,
-                     forked_codec_run, train_lm_run)
+from mmdlib.pipeline.stages import dataset, depth_run, forked_codec_run, generate_run, load_codec, train_lm_run
+from mmdlib.train.overrides import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,9 @@ class SweepConfig:
     # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
     # LMs: up to 1,000 steps, early stopping on the valid clips (evaluated every 100 steps, patience 2),
     # 1,024 fresh training clips (the former 256 were over-fitted within 2,000 steps)
-    pipeline: PipelineConfig = PipelineConfig(
-        codec_steps=600, codec_mmd_start=300, codec_eval_every=300, lm_preset="small", lm_steps=1000, lm_warmup=60,
-        lm_eval_every=100, lm_patience=2, n_token_train=1024, n_gen=8,
-        threads=None, run_dir="runs/sweep", fig_dir="figures/sweep")
+    pipeline: PipelineConfig = apply_overrides(PipelineConfig(), dict(
+        codec_steps=600, codec_mmd_start=300, codec_eval_every=300, lm_steps=1000, lm_warmup=60, lm_eval_every=100,
+        lm_patience=2, n_token_train=1024, n_gen=8, threads=None, run_dir="runs/sweep", fig_dir="figures/sweep"))
 
 
 SWEEP_PRESETS: dict[str, SweepConfig] = {
@@ -66,12 +65,12 @@ SWEEP_PRESETS: dict[str, SweepConfig] = {
     # the plumbing only, in a minute or two: numbers mean nothing
     "smoke": SweepConfig(lambdas=(0.0, 10.0), seeds=(0,), datasets=("synthetic",), per_data={},
                          embedders={"logmel": {}},
-                         pipeline=dataclasses.replace(PIPELINE_PRESETS["smoke"], n_gen=2, threads=None,
-                                                      run_dir="runs/sweep_smoke", fig_dir="runs/sweep_smoke/figures")),
+                         pipeline=apply_overrides(PIPELINE_PRESETS["smoke"], dict(
+                             n_gen=2, threads=None, run_dir="runs/sweep_smoke", fig_dir="runs/sweep_smoke/figures"))),
     # GPU: the paper's codec and LM presets, λ around the paper's 1000
     "paper": SweepConfig(lambdas=(0.0, 100.0, 1000.0, 10000.0), lambdas_nonaligned=(1000.0,), seeds=(0, 1, 2, 3), per_data={},
-                         pipeline=dataclasses.replace(PIPELINE_PRESETS["paper"], run_dir="runs/sweep_paper",
-                                                      fig_dir="figures/sweep_paper")),
+                         pipeline=apply_overrides(PIPELINE_PRESETS["paper"], dict(
+                             run_dir="runs/sweep_paper", fig_dir="figures/sweep_paper"))),
 }
 
 
@@ -87,13 +86,13 @@ def for_data(sweep: SweepConfig, data: str) -> SweepConfig:
 def seed_config(sweep: SweepConfig, data: str, seed: int, device: str | None = None) -> PipelineConfig:
     sweep = for_data(sweep, data)
     run_dir = f"{sweep.pipeline.run_dir}/{data_tag(data)}/seed{seed}"
-    return dataclasses.replace(sweep.pipeline, data=data, seed=seed, run_dir=run_dir,
-                               lambdas=sweep.lambdas, device=device or sweep.pipeline.device)
+    return apply_overrides(sweep.pipeline, dict(data=data, seed=seed, run_dir=run_dir, lambdas=sweep.lambdas,
+                                                device=device or sweep.pipeline.device))
 
 
 def codecs(sweep: SweepConfig, cfg: PipelineConfig) -> list[tuple[PipelineConfig, float]]:
     """(config, λ) of every codec of the sweep: the aligned ones, then the non-aligned ones."""
-    other = dataclasses.replace(cfg, align="none", lambdas=sweep.lambdas_nonaligned)
+    other = dataclasses.replace(apply_overrides(cfg, {"align": "none"}), lambdas=sweep.lambdas_nonaligned)
     return [(cfg, lam) for lam in sweep.lambdas] + [(other, lam) for lam in sweep.lambdas_nonaligned if lam]
 
 
@@ -119,17 +118,17 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
     t0 = time.time()
     train_codecs(sweep, cfg)
     embedders = {name: get_embedder(name, **kw) for name, kw in sweep.embedders.items()}
-    valid = dataset(cfg, "valid", cfg.n_token_valid)
+    valid = dataset(cfg, "valid", cfg.data.n_valid)
     real = torch.stack([valid[i] for i in range(len(valid))])  # `b 1 n`, made (decoded) once for every codec
-    sr = sample_rate(cfg)
+    sr = cfg.sample_rate
     real_emb = _embed(embedders, real, sr)
     rows_codec, rows_lm = [], []
     for c, lam in codecs(sweep, cfg):
         codec = load_codec(c, lam)
-        mmd = codec_train_config(c, lam).mmd  # the statistic as the λ > 0 codecs train on it
+        mmd = c.codec.mmd  # the statistic as the λ > 0 codecs train on it
         ev = evaluate_codec(codec, real, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
                                            "mmd_lag0": dataclasses.replace(mmd, align="none")},
-                            device=c.device, seed=seed, mmd_frames=c.mmd_samples, keep_audio=True,
+                            device=c.device, seed=seed, mmd_frames=c.dependence.mmd_samples, keep_audio=True,
                             n_visqol=min(sweep.n_visqol, len(real)))
         rec = _embed(embedders, ev.pop("audio"), sr)
         q = codec.cfg.quantizer
@@ -137,7 +136,7 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
         rows_codec.append({"codec": name, "lambda": lam, "align": c.align, **ev,
                            "kbps": codec.frame_rate * q.n_q * np.log2(q.codebook_size) / 1000,
                            **{f"fad_{k}_recon": fad(rec[k], real_emb[k]) for k in embedders}})
-        for pattern in models(c):  # the patterns, then `depth` when the parallel LM has a depth head
+        for pattern in c.models():  # the patterns, then `depth` when the parallel LM has a depth head
             row = {"codec": name, "lambda": lam, "align": c.align, "pattern": pattern}
             if pattern == "depth":  # the joint model in T steps: the parallel LM's trunk with its depth head
                 d = depth_run(c, lam, DEPTH_TRUNK)
@@ -174,10 +173,10 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
     whose codec folders link (symlink) to the sweep's. Returns one row per (codec, pattern)."""
     sweep = for_data(sweep, data)
     cfg = seed_config(sweep, data, seed, device)
-    n_token_train = n_token_train or cfg.n_token_train
-    name = f"lm_steps{lm_steps}" + (f"_clips{n_token_train}" if n_token_train != cfg.n_token_train else "")
-    study = dataclasses.replace(cfg, run_dir=f"{cfg.run_dir}/{name}", lm_steps=lm_steps, n_token_train=n_token_train,
-                                lm_warmup=None, lm_eval_every=max(1, lm_steps // 4))
+    n_token_train = n_token_train or cfg.data.n_train
+    name = f"lm_steps{lm_steps}" + (f"_clips{n_token_train}" if n_token_train != cfg.data.n_train else "")
+    study = apply_overrides(cfg, dict(run_dir=f"{cfg.run_dir}/{name}", lm_steps=lm_steps, n_token_train=n_token_train,
+                                      lm_eval_every=max(1, lm_steps // 4)))
     rows = []
     for lam in lambdas:
         src = cfg.layout.codec(lam)
@@ -236,9 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lm-steps", type=int, default=2000, help="lm-study: LM training steps")
     p.add_argument("--token-clips", type=int, help="lm-study: LM training clips (default: the sweep's)")
     p.add_argument("--codecs-only", action="store_true", help="run: train the codecs and stop (the LMs later)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override the sweep's pipeline settings (as the notebooks name them, or dotted paths), "
+                        "e.g. codec_steps=300 lm.dim=64 codec.model.quantizer.n_q=8")
     p.add_argument("--jobs", type=int, default=2, help="all: (data set, seed) runs at once (CPU: threads split among them)")
     args = p.parse_args(argv)
     sweep = SWEEP_PRESETS[args.preset]
+    try:
+        sweep = dataclasses.replace(sweep, pipeline=apply_overrides(sweep.pipeline, args.set))
+    except ValueError as e:
+        p.error(str(e))
     if args.seeds:
         sweep = dataclasses.replace(sweep, seeds=tuple(args.seeds))
     for spec in args.embedder:
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, "-m", "mmdlib.experiment", "run", "--preset", args.preset, "--data", d,
                        "--seeds", str(seed), "--threads", str(threads)] + (["--device", device] if device else [])
-                cmd += [f"--embedder={e}" for e in args.embedder]
+                cmd += [f"--embedder={e}" for e in args.embedder] + (["--set", *args.set] if args.set else [])
                 print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
                 procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log, device))
         while procs:

@@ -26,14 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmdlib.pipeline.params import NOTEBOOKS, PIPELINE_PRESETS, PipelineError, check_device, resolve  # noqa: E402
-
-
-def parse_value(text: str):
-    """'100' -> 100, '0.5' -> 0.5, 'null' -> None, '[0, 100]' -> [0, 100], anything else: the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+from mmdlib.train.overrides import apply_overrides  # noqa: E402
 
 
 def changed(declared: dict, given: dict) -> dict:
@@ -114,7 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     params = {"preset": a.preset, "device": device, "seed": a.seed}
     if a.run_dir:
         params["run_dir"] = a.run_dir
-    extra = {name: parse_value(value) for name, value in a.param}
+    extra = dict(a.param)  # strings: each notebook parses them by the config's types (mmdlib.train.overrides)
+    try:  # the same parser, here first: a bad value stops before any notebook runs
+        apply_overrides(preset, {k: v for k, v in extra.items() if k != "preset"})
+    except ValueError as e:
+        p.error(f"-p {e}")
     out_dir = ROOT / "notebooks" if a.inplace else resolve(run_dir) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     # the kernel imports this checkout's mmdlib, installed or not

@@ -7,7 +7,7 @@ import pytest
 from mmdlib import experiment as ex
 from mmdlib.pipeline import report
 from mmdlib.pipeline.params import PipelineError
-from mmdlib.pipeline.stages import codec_train_config
+from mmdlib.train.overrides import apply_overrides
 
 
 def test_codecs_of_a_sweep_share_their_prefix_config():
@@ -22,9 +22,9 @@ def test_codecs_of_a_sweep_share_their_prefix_config():
     assert names == ["codec_lambda0", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
     assert len({c.layout.codec(lam) for c, lam in pairs}) == 4 and cfg.run_dir.endswith("synthetic/seed1")
     # every codec differs from the λ = 0 run only in its MMD settings: they can fork its prefix
-    base = codec_train_config(cfg, 0.0).to_dict()
+    base = cfg.codec_config(0.0).to_dict()
     for c, lam in pairs:
-        mine = codec_train_config(c, lam).to_dict()
+        mine = c.codec_config(lam).to_dict()
         assert {k for k in mine if mine[k] != base[k]} <= {"mmd_weight", "mmd"}
     assert ex.seed_config(sweep, "data/external/supertux", 0).run_dir.endswith("supertux/seed0")
 
@@ -89,11 +89,10 @@ def test_smoke_sweep_end_to_end(tmp_path):
     """One seed of the smoke preset through every stage (codecs forked from the shared prefix,
     evaluation, LMs, samples, FAD), then the report; a rerun reuses every artifact."""
     smoke = ex.SWEEP_PRESETS["smoke"]
-    pipe = dataclasses.replace(smoke.pipeline, run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"),
-                               patterns=("delay", "flatten"), lm_steps=4, lm_warmup=1, lm_eval_every=4, codec_steps=9,
-                               codec_mmd_start=6,
-                               codec_eval_every=9, clip_seconds=1.0, n_token_train=8, n_token_valid=4,
-                               mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2)
+    pipe = apply_overrides(smoke.pipeline, dict(
+        run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"), patterns=("delay", "flatten"), lm_steps=4,
+        lm_warmup=1, lm_eval_every=4, codec_steps=9, codec_mmd_start=6, codec_eval_every=9, clip_seconds=1.0,
+        n_token_train=8, n_token_valid=4, mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2))
     sweep = dataclasses.replace(smoke, lambdas_nonaligned=(), pipeline=pipe)
     out = ex.run_seed(sweep, "synthetic", 0)
     assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10"]

@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from mmdlib.mmd.dependence import permutation_test
+from mmdlib.mmd.permutation import permutation_test
 from mmdlib.mmd.loss import MMDConfig
 from .common import report
 

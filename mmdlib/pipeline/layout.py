@@ -1,4 +1,5 @@
-"""Where a run's stages read and write: one object, `RunLayout(root, align)`, that every stage asks.
+"""Where a run's stages read and write: one object, `RunLayout(root, align)`, that every stage asks; the
+error they raise when something is missing (PipelineError); reload-or-compute of a result (cached).
 
     run_dir/
       data/                          00: example clips (wav)
@@ -16,8 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class PipelineError(ValueError):
+    """A bad notebook parameter or a missing artifact; the message says what to do."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [f"\x1b[31mPipelineError\x1b[0m: {self}"]
 
 
 def codec_name(lam: float, align: str = "delay") -> str:
@@ -59,3 +68,28 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     tmp.replace(path)
+
+
+def read_json(path: Path, how: str = "") -> dict:
+    """A JSON artifact, or a PipelineError saying how to make it."""
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing" + (f": {how}" if how else ""))
+    return json.loads(path.read_text())
+
+
+def cached(path: Path, key: dict, compute: Callable[[], dict], needs: tuple[Path, ...] = (),
+           refuse: str | None = None) -> dict:
+    """Reload or compute: the JSON result at `path` when it and the files `needs` exist and its entries
+    equal `key`'s (compared as JSON: tuples read back as lists); else `key | compute()`, written
+    atomically. `refuse`: when a saved result of another key is there, raise PipelineError(refuse)
+    instead of computing over it (a folder that holds another run)."""
+    key = json.loads(json.dumps(key))
+    if path.is_file() and all(p.is_file() for p in needs):
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved | {"resumed": True}
+        if refuse:
+            raise PipelineError(refuse)
+    result = key | compute()
+    write_json(path, result)
+    return result | {"resumed": False}

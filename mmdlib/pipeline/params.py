@@ -13,86 +13,111 @@ do the work are in `mmdlib.pipeline.stages`, the paths in `mmdlib.pipeline.layou
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from mmdlib.train.checkpoint import MAX_SEED, valid_seed
-from mmdlib.lm.depth import DEPTH_PRESETS
-from mmdlib.pipeline.layout import RunLayout
-from mmdlib.lm.model import LM_PRESETS
+from mmdlib.lm.depth import DEPTH_PRESETS, DepthConfig
+from mmdlib.lm.model import LM_PRESETS, LMConfig
 from mmdlib.mmd.loss import ALIGNS
 from mmdlib.patterns import PATTERNS
-from mmdlib.train.config import TRAIN_PRESETS
-from mmdlib.train.config import LM_TRAIN_PRESETS
+from mmdlib.pipeline.layout import PipelineError, RunLayout
+from mmdlib.train.checkpoint import MAX_SEED, valid_seed
+from mmdlib.train.config import LM_TRAIN_PRESETS, TRAIN_PRESETS, CodecTrainConfig, LMTrainConfig
+from mmdlib.train.overrides import apply_overrides, convert, field_type
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (relative paths are resolved here)
 NOTEBOOKS = ("00_data", "01_train_codec", "02_dependence", "03_train_lm", "04_generate", "05_report")
 
 
-class PipelineError(ValueError):
-    """A bad notebook parameter or a missing artifact; the message says what to do."""
-
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
-        return [f"\x1b[31mPipelineError\x1b[0m: {self}"]
-
-
 DEPTH_TRUNK = "parallel"  # the LM whose trunk and depth head make the joint model `depth` (stages.models)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"           # "synthetic" or a folder of audio files
+    cache_dir: str | None = None        # decoded-audio cache for folders (default data/cache)
+    clip_seconds: float = 4.0           # length of the tokenised clips (02, 03, 04)
+    n_train: int = 256                  # clips tokenised for LM training
+    n_valid: int = 64                   # held-out clips: dependence (02), LM early stopping (03); as many
+                                        # test clips score the LMs (03)
+
+
+@dataclass(frozen=True)
+class DependenceConfig:
+    mmd_samples: int = 4096             # held-out frames for the MMD statistic (cost ∝ frames²)
+    n_permutations: int = 100           # permutation test of the MMD statistic
+    perm_samples: int = 600             # frames used by the permutation test
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    seconds: float = 4.0
+    n: int = 4                          # samples per (codec, pattern)
+    temperature: float = 1.0
+    top_k: int | None = 50
+
+
+def _tiny_codec() -> CodecTrainConfig:
+    # the λ > 0 codecs fork from the λ = 0 one at mmd_start (stages.forked_codec_run)
+    return dataclasses.replace(TRAIN_PRESETS["tiny"], steps=1200, mmd_start=800, eval_every=400)
+
+
+def _tiny_lm_train() -> LMTrainConfig:
+    # early stopping: 2 evaluations without a better held-out loss stop an LM; the best state is kept
+    return dataclasses.replace(LM_TRAIN_PRESETS["tiny"], steps=500, seq_frames=50, eval_every=125, patience=2)
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything a notebook run depends on. Presets fill it; notebook parameters override it."""
+    """Everything a notebook run depends on, as one tree: a preset is a named instance of it, and
+    `apply_overrides` (the notebooks' parameters, `-p`, `--set`) changes its leaves. The run's seed,
+    device and data are set once here and handed to each stage's config (codec_config, lm_configs,
+    depth_config)."""
 
-    # codecs (01): one per MMD weight λ, trained with mmdlib.train.codec
-    codec_preset: str = "tiny"                  # train_codec.TRAIN_PRESETS (also the codec architecture)
-    codec_steps: int | None = 1200              # None: the training preset's own (2400 for tiny)
-    codec_mmd_start: int | None = 800           # step the MMD loss starts at (the λ > 0 codecs fork from the
-                                                # λ = 0 one there); None: the preset's own
-    codec_eval_every: int | None = 400          # None: the training preset's own
-    lambdas: tuple[float, ...] = (0.0, 100.0)   # MMD weights; 0 is the baseline codec
-    align: str = "delay"                        # MMD pairing of the streams: "delay" or "none"
-    # data: "synthetic" or a folder of audio files
-    data: str = "synthetic"
-    cache_dir: str | None = None                # decoded-audio cache for folders (default data/cache)
-    clip_seconds: float = 4.0                   # length of the tokenised clips (02, 03, 04)
-    n_token_train: int = 256                    # clips tokenised for LM training
-    n_token_valid: int = 64                     # held-out clips: dependence (02), LM early stopping (03);
-                                                # as many test clips score the LMs (03)
-    # dependence (02)
-    mmd_samples: int = 4096                     # held-out frames for the MMD statistic (cost ∝ frames²)
-    n_permutations: int = 100                   # permutation test of the MMD statistic
-    perm_samples: int = 600                     # frames used by the permutation test
-    # language models (03): one per (codec, pattern)
-    patterns: tuple[str, ...] = ("parallel", "delay", "flatten")
-    lm_preset: str = "small"                    # lm.LM_PRESETS ("small": 3x faster than "tiny"; the
-                                                # whole `make run` stays under 20 min on 2 cores)
-    lm_train_preset: str = "tiny"               # train_lm.LM_TRAIN_PRESETS
-    lm_steps: int | None = 500                  # None: the training preset's own
-    lm_seq_frames: int | None = 50              # training crop length; None: the preset's own
-    lm_warmup: int | None = None                # learning-rate warm-up steps; None: the preset's own
-    lm_eval_every: int | None = 125
-    lm_patience: int = 2                        # early stopping: evaluations without a better held-out
-                                                # loss before an LM stops (0: never); the best state is kept
-    # the depth head (03): the factorisation gap of the LMs of these patterns (those among `patterns`)
-    gap_patterns: tuple[str, ...] = ("parallel", "delay")
-    depth_preset: str = "tiny"                  # depth.DEPTH_PRESETS
-    # generation (04)
-    gen_seconds: float = 4.0
-    n_gen: int = 4                              # samples per (codec, pattern)
-    temperature: float = 1.0
-    top_k: int | None = 50
-    # the run
+    codec: CodecTrainConfig = field(default_factory=_tiny_codec)  # 01: one codec per λ (mmdlib.train.codec)
+    lambdas: tuple[float, ...] = (0.0, 100.0)    # MMD weights; 0 is the baseline codec
+    data: DataConfig = DataConfig()
+    dependence: DependenceConfig = DependenceConfig()  # 02
+    patterns: tuple[str, ...] = ("parallel", "delay", "flatten")  # 03: one LM per (codec, pattern)
+    lm: LMConfig = field(default_factory=lambda: LM_PRESETS["small"])  # its architecture ("small": 3x faster than "tiny"; `make run`
+                                                 # stays under 20 min on 2 cores); pattern and codes set per LM
+    lm_train: LMTrainConfig = field(default_factory=_tiny_lm_train)
+    gap_patterns: tuple[str, ...] = ("parallel", "delay")  # 03: the factorisation gap of these LMs
+    depth: DepthConfig = DEPTH_PRESETS["tiny"]   # their depth heads (mmdlib.lm.depth)
+    generate: GenerateConfig = GenerateConfig()  # 04
     device: str = "cpu"
     seed: int = 0
-    threads: int | None = 2                     # torch CPU threads (None: torch's default)
+    threads: int | None = 2                      # torch CPU threads (None: torch's default)
     run_dir: str = "runs/tiny"
     fig_dir: str = "figures"
+
+    # the notebooks' flat parameter names, as paths in the tree
+    ALIASES: ClassVar[dict[str, str]] = {
+        "codec_steps": "codec.steps", "codec_mmd_start": "codec.mmd_start", "codec_eval_every": "codec.eval_every",
+        "align": "codec.mmd.align", "data": "data.source", "cache_dir": "data.cache_dir",
+        "clip_seconds": "data.clip_seconds", "n_token_train": "data.n_train", "n_token_valid": "data.n_valid",
+        "mmd_samples": "dependence.mmd_samples", "n_permutations": "dependence.n_permutations",
+        "perm_samples": "dependence.perm_samples", "lm_steps": "lm_train.steps", "lm_seq_frames": "lm_train.seq_frames",
+        "lm_warmup": "lm_train.warmup", "lm_eval_every": "lm_train.eval_every", "lm_patience": "lm_train.patience",
+        "gen_seconds": "generate.seconds", "n_gen": "generate.n", "temperature": "generate.temperature",
+        "top_k": "generate.top_k",
+    }
+
+    @property
+    def align(self) -> str:
+        return self.codec.mmd.align
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.model.sample_rate
 
     @property
     def run_path(self) -> Path:
@@ -106,6 +131,40 @@ class PipelineConfig:
     def layout(self) -> RunLayout:
         return RunLayout(self.run_path, self.align)
 
+    def data_source(self) -> str:
+        """"synthetic", or the data folder as an absolute path (make_dataset's and the codec's `data`)."""
+        return "synthetic" if self.data.source == "synthetic" else str(resolve(self.data.source))
+
+    def data_cache_dir(self) -> str | None:
+        return None if self.data.source == "synthetic" else str(resolve(self.data.cache_dir or "data/cache"))
+
+    def codec_config(self, lam: float) -> CodecTrainConfig:
+        """The training config of the codec with MMD weight `lam`: `codec` with λ and the run's seed,
+        device and data; nothing else changed (`python -m mmdlib.train_codec --set steps=1200
+        eval_every=400 mmd_start=800 mmd_weight=100` trains the tiny notebooks' λ = 100 codec)."""
+        try:
+            return dataclasses.replace(self.codec, mmd_weight=float(lam), seed=self.seed, device=self.device,
+                                       data=self.data_source(), cache_dir=self.data_cache_dir())
+        except ValueError as e:
+            raise PipelineError(f"codec training settings: {e}") from None
+
+    def lm_configs(self, pattern: str, n_q: int, codebook_size: int) -> tuple[LMConfig, LMTrainConfig]:
+        """(LMConfig, LMTrainConfig) of the LM with `pattern` over a codec with n_q x codebook_size codes."""
+        return (dataclasses.replace(self.lm, pattern=pattern, n_q=n_q, codebook_size=codebook_size),
+                dataclasses.replace(self.lm_train, seed=self.seed, device=self.device, progress=False))
+
+    def depth_config(self) -> DepthConfig:
+        return dataclasses.replace(self.depth, seed=self.seed)
+
+    def gap_models(self) -> list[str]:
+        """The patterns whose factorisation gap 03 measures: gap_patterns among patterns."""
+        return [p for p in self.gap_patterns if p in self.patterns]
+
+    def models(self) -> list[str]:
+        """What 04 samples from: every LM pattern, then `depth` (the joint model in T steps) when the
+        parallel LM has a depth head."""
+        return [*self.patterns] + (["depth"] if DEPTH_TRUNK in self.gap_models() else [])
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -115,19 +174,20 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
     "tiny": PipelineConfig(),
     # the plumbing only (every notebook end to end in a few minutes): numbers mean nothing
     "smoke": PipelineConfig(
-        codec_steps=20, codec_mmd_start=13, codec_eval_every=10, clip_seconds=2.0, n_token_train=16, n_token_valid=8,
-        mmd_samples=512, n_permutations=20, perm_samples=256, lm_steps=10, lm_seq_frames=50, lm_warmup=2, lm_eval_every=5,
-        gen_seconds=1.0, n_gen=2, run_dir="runs/smoke", fig_dir="runs/smoke/figures",
+        codec=dataclasses.replace(_tiny_codec(), steps=20, mmd_start=13, eval_every=10),
+        data=DataConfig(clip_seconds=2.0, n_train=16, n_valid=8),
+        dependence=DependenceConfig(mmd_samples=512, n_permutations=20, perm_samples=256),
+        lm_train=dataclasses.replace(_tiny_lm_train(), steps=10, warmup=2, eval_every=5),
+        generate=GenerateConfig(seconds=1.0, n=2), run_dir="runs/smoke", fig_dir="runs/smoke/figures",
     ),
     # the paper's scale, for GPUs: preset-length training, λ = 1000, 30 s token crops
     "paper": PipelineConfig(
-        codec_preset="paper", codec_steps=None, codec_eval_every=None, lambdas=(0.0, 1000.0),
-        clip_seconds=30.0, n_token_train=4096, n_token_valid=256, mmd_samples=16384, n_permutations=200,
-        perm_samples=4096,
-        lm_preset="paper", lm_train_preset="paper", lm_steps=None, lm_seq_frames=None, lm_eval_every=None,
-        depth_preset="paper",
-        gen_seconds=10.0, n_gen=8, top_k=250, device="cuda", threads=None, run_dir="runs/paper",
-        fig_dir="figures/paper",
+        codec=dataclasses.replace(TRAIN_PRESETS["paper"], mmd_start=800), lambdas=(0.0, 1000.0),
+        data=DataConfig(clip_seconds=30.0, n_train=4096, n_valid=256),
+        dependence=DependenceConfig(mmd_samples=16384, n_permutations=200, perm_samples=4096),
+        lm=LM_PRESETS["paper"], lm_train=dataclasses.replace(LM_TRAIN_PRESETS["paper"], patience=2),
+        depth=DEPTH_PRESETS["paper"], generate=GenerateConfig(seconds=10.0, n=8, top_k=250), device="cuda",
+        threads=None, run_dir="runs/paper", fig_dir="figures/paper",
     ),
 }
 
@@ -152,30 +212,6 @@ def shown(path: str | Path) -> str:
 # Parameters
 
 
-def _as_list(name: str, value, kind):
-    """A list from a list/tuple, a scalar, or a string "a,b" / "[a, b]" (papermill -p passes strings)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise PipelineError(f"{name}={value!r}: not a valid list; write e.g. {name}='[0, 100]'") from None
-        else:
-            value = [v.strip() for v in text.split(",") if v.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    out = []
-    for v in value:
-        try:
-            out.append(kind(v))
-        except (TypeError, ValueError):
-            raise PipelineError(f"{name}: {v!r} is not a {kind.__name__}") from None
-    if not out:
-        raise PipelineError(f"{name} is empty: give at least one value")
-    return tuple(out)
-
-
 def check_device(device: str) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'mps', and available here; else a PipelineError saying what to use."""
     if not isinstance(device, str):
@@ -194,53 +230,55 @@ def check_device(device: str) -> str:
     return device
 
 
-def _check_positive(name: str, value, allow_none: bool = True, kind=int):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise PipelineError(f"{name}={value!r}: expected a positive {kind.__name__}"
-                            + (" or None (the preset's default)" if allow_none else ""))
-    if not value > 0 or not math.isfinite(value):
+# checks of the values given (by the name given: a flat notebook name or a dotted path)
+POSITIVE_INTS = ("codec.steps", "codec.eval_every", "lm_train.steps", "lm_train.seq_frames", "lm_train.eval_every",
+                 "data.n_train", "data.n_valid", "dependence.mmd_samples", "dependence.n_permutations",
+                 "dependence.perm_samples", "generate.n", "generate.top_k", "threads")
+COUNTS = ("codec.mmd_start", "lm_train.warmup", "lm_train.patience")  # may be 0
+POSITIVE_FLOATS = ("data.clip_seconds", "generate.seconds", "generate.temperature")
+
+
+def _check_range(name: str, path: str, value) -> None:
+    if value is None:
+        return
+    if path in POSITIVE_INTS + POSITIVE_FLOATS and not value > 0:
         raise PipelineError(f"{name}={value!r} must be > 0")
-    return kind(value)
+    if path in COUNTS and value < 0:
+        raise PipelineError(f"{name}={value!r}: expected an integer >= 0")
 
 
 def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfig:
     """Resolve notebook parameters into a PipelineConfig, or stop with a PipelineError.
 
-    `preset` picks PIPELINE_PRESETS[preset]; every other parameter that is not None replaces the
-    preset's field (`steps`-like parameters left at None keep the preset's value). `lambdas` and
-    `patterns` accept a list, a scalar or a comma-separated string. Then the artifacts that
-    `notebook` needs from earlier notebooks must exist (see `required_artifacts`)."""
+    `preset` picks PIPELINE_PRESETS[preset]; every other parameter that is not None is applied to
+    it with `apply_overrides` (a flat notebook name of PipelineConfig.ALIASES, a field, or a dotted
+    path such as `codec.model.quantizer.n_q`), typed by the tree: `lambdas` and `patterns` accept a
+    list, a scalar or a comma-separated string. Then the artifacts that `notebook` needs from
+    earlier notebooks must exist (see `required_artifacts`)."""
     if notebook not in NOTEBOOKS:
         raise PipelineError(f"notebook={notebook!r}: expected one of {NOTEBOOKS}")
     if preset not in PIPELINE_PRESETS:
         raise PipelineError(f"unknown preset {preset!r}; choose one of {sorted(PIPELINE_PRESETS)} "
                             "(e.g. -p preset tiny)")
-    base = PIPELINE_PRESETS[preset]
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(params) - fields)
+    known = {f.name for f in dataclasses.fields(PipelineConfig)} | set(PipelineConfig.ALIASES)
+    unknown = sorted(k for k in params if k not in known and "." not in k)
     if unknown:
-        raise PipelineError(f"unknown parameter(s) {unknown}; known: {sorted(fields)}")
-    over = {k: v for k, v in params.items() if v is not None}
-    if "lambdas" in over:
-        over["lambdas"] = _as_list("lambdas", over["lambdas"], float)
-    for name in ("patterns", "gap_patterns"):
-        if name in over:
-            over[name] = _as_list(name, over[name], str)
-    for name in ("codec_steps", "codec_eval_every", "lm_steps", "lm_seq_frames", "lm_eval_every", "n_token_train",
-                 "n_token_valid", "mmd_samples", "n_permutations", "perm_samples", "n_gen", "top_k", "threads"):
-        if name in over:
-            over[name] = _check_positive(name, over[name])
-    for name in ("codec_mmd_start", "lm_warmup", "lm_patience"):  # counts that may be 0
-        if name in over and (isinstance(over[name], bool) or not isinstance(over[name], int) or over[name] < 0):
-            raise PipelineError(f"{name}={over[name]!r}: expected an integer >= 0 or None (the preset's default)")
-    for name in ("clip_seconds", "gen_seconds", "temperature"):
-        if name in over:
-            over[name] = _check_positive(name, over[name], allow_none=False, kind=float)
-    if "seed" in over and not valid_seed(over["seed"]):
+        raise PipelineError(f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+    base, over = PIPELINE_PRESETS[preset], {k: v for k, v in params.items() if v is not None}
+    if "seed" in over and not valid_seed(over["seed"]) and not isinstance(over["seed"], str):
         raise PipelineError(f"seed={over['seed']!r}: expected an integer in 0..{MAX_SEED - 1}")
-    cfg = dataclasses.replace(base, **over)
+    try:
+        for name, value in over.items():  # each value alone first, so that a message names what was given
+            path = PipelineConfig.ALIASES.get(name, name)
+            *groups, leaf = path.split(".")
+            parent = functools.reduce(getattr, groups, base)
+            if dataclasses.is_dataclass(parent) and leaf in {f.name for f in dataclasses.fields(parent)}:
+                _check_range(name, path, convert(name, value, field_type(parent, leaf)))
+        if "seed" in over and not valid_seed(over["seed"]):
+            raise PipelineError(f"seed={over['seed']!r}: expected an integer in 0..{MAX_SEED - 1}")
+        cfg = apply_overrides(base, over)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
 
     check_device(cfg.device)
     for lam in cfg.lambdas:
@@ -257,14 +295,13 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
                             f"choose from {[p for p in PATTERNS if p != 'flatten']}")
     if cfg.align not in ALIGNS:
         raise PipelineError(f"align={cfg.align!r}: choose 'delay' (as the delay pattern predicts) or 'none'")
-    if cfg.data != "synthetic" and not resolve(cfg.data).is_dir():
-        raise PipelineError(f"data={cfg.data!r} is neither 'synthetic' nor a folder of audio files "
+    if cfg.data.source != "synthetic" and not resolve(cfg.data.source).is_dir():
+        raise PipelineError(f"data={cfg.data.source!r} is neither 'synthetic' nor a folder of audio files "
                             "(scripts/get_supertux_music.sh fetches one into data/external/supertux)")
-    if not isinstance(cfg.run_dir, str | Path) or not str(cfg.run_dir):
+    if not isinstance(cfg.run_dir, str) or not cfg.run_dir:
         raise PipelineError(f"run_dir={cfg.run_dir!r}: expected a folder path such as 'runs/tiny'")
     for name in ("run_dir", "fig_dir"):
         _check_writable(name, resolve(getattr(cfg, name)))
-    _check_presets(cfg)
 
     missing = [(p, how) for p, how in required_artifacts(notebook, cfg) if not p.exists()]
     if missing:
@@ -277,10 +314,10 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
 
 def notebook_params(notebook: str, namespace: dict) -> PipelineConfig:
     """check_params with the parameters a notebook declared: `preset` and every PipelineConfig
-    field that `namespace` (the notebook's globals()) defines, so each is written once, in the
-    parameters cell. Fields the notebook does not declare keep the preset's value."""
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    params = {k: v for k, v in namespace.items() if k in fields}
+    field or flat name (PipelineConfig.ALIASES) that `namespace` (the notebook's globals()) defines,
+    so each is written once, in the parameters cell. The others keep the preset's value."""
+    known = {f.name for f in dataclasses.fields(PipelineConfig)} | set(PipelineConfig.ALIASES)
+    params = {k: v for k, v in namespace.items() if k in known}
     return check_params(notebook, namespace.get("preset", "tiny"), **params)
 
 
@@ -294,15 +331,6 @@ def _check_writable(name: str, folder: Path) -> None:
     except OSError as e:
         raise PipelineError(f"{name}={str(folder)!r} cannot be written ({e.strerror or e}); "
                             f"choose a folder you can write, e.g. -p {name} runs/mine") from None
-
-
-def _check_presets(cfg: PipelineConfig) -> None:
-    for name, value, known in (("codec_preset", cfg.codec_preset, TRAIN_PRESETS),
-                               ("lm_preset", cfg.lm_preset, LM_PRESETS),
-                               ("lm_train_preset", cfg.lm_train_preset, LM_TRAIN_PRESETS),
-                               ("depth_preset", cfg.depth_preset, DEPTH_PRESETS)):
-        if value not in known:
-            raise PipelineError(f"{name}={value!r}: choose one of {sorted(known)}")
 
 
 _HOW = {"codec": "notebooks/01_train_codec.ipynb", "lm": "notebooks/03_train_lm.ipynb",

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdlib.pipeline.layout import write_json
-from mmdlib.pipeline.params import PipelineConfig
-from mmdlib.pipeline.stages import DEPTH_TRUNK, codec_history, models
+from mmdlib.pipeline.layout import read_json, write_json
+from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
 
 
 def add_gap(rows: list[dict], key: str = "bits_per_frame") -> None:
@@ -26,6 +25,11 @@ def add_gap(rows: list[dict], key: str = "bits_per_frame") -> None:
     for r in rows:
         f, b = flat.get(r["codec"]), r[key]
         r["gap_vs_flatten"] = b - f if f is not None and b is not None else None
+
+
+def codec_history(cfg: PipelineConfig, lam: float) -> list[dict]:
+    """The evaluation rows of the codec of weight `lam` (its metrics.json)."""
+    return read_json(cfg.layout.codec(lam) / "metrics.json", "run notebooks/01_train_codec.ipynb")["history"]
 
 
 def collect_results(cfg: PipelineConfig) -> dict:
@@ -50,7 +54,7 @@ def collect_results(cfg: PipelineConfig) -> dict:
             "p_value_delay": dep["perm_delay"]["p_value"] if dep else None,
             "train_seconds": final["seconds"],
         })
-        for pattern in models(cfg):
+        for pattern in cfg.models():
             lm_dir = cfg.layout.lm(lam, DEPTH_TRUNK if pattern == "depth" else pattern)
             lm_file, gen_file = lm_dir / "metrics.json", cfg.layout.gen(lam, pattern) / "metrics.json"
             lm = json.loads(lm_file.read_text()) if lm_file.is_file() else None
@@ -83,8 +87,10 @@ def _cell(v, fmt: str) -> str:
 def results_markdown(results: dict) -> str:
     """The two results tables as Markdown (written to figures/results.md)."""
     c = results["preset_config"]
-    lines = [f"Run `{c['run_dir']}`: codec preset `{c['codec_preset']}`, LM preset `{c['lm_preset']}`, "
-             f"device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
+    codec, q, lm = c["codec"], c["codec"]["model"]["quantizer"], c["lm"]
+    lines = [f"Run `{c['run_dir']}`: {codec['model']['arch']} codec at {codec['model']['sample_rate']} Hz, "
+             f"{q['n_q']} x {q['codebook_size']} codes, {codec['steps']} steps; LMs of dim {lm['dim']}, "
+             f"{lm['n_layers']} layers; device `{c['device']}`, seed {c['seed']}. Generated from the run's artifacts by "
              "notebooks/05_report.ipynb.", "",
              "Codec scores on the validation clips of its last evaluation (fine-structure r and chroma: are the "
              "notes there, 1 = the original's, envelope-shaped noise ≈ 0 and 0.5; ViSQOL: MOS-LQO, 1 to 4.73, on "

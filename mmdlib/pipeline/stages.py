@@ -1,13 +1,15 @@
 """The pipeline's stages: data, codecs, token caches, language models, generation, dependence.
 
-Each stage takes the run's PipelineConfig (mmdlib.pipeline.params) and the keys of what it makes (the MMD
-weight λ of a codec, an LM's pattern), reads and writes under `cfg.layout` (mmdlib.pipeline.layout), and
-reloads instead of recomputing what an earlier call finished:
+Each stage takes the run's PipelineConfig (mmdlib.pipeline.params: the configs of its codecs, LMs
+and depth heads, resolved with the run's seed, device and data) and the keys of what it makes (the
+MMD weight λ of a codec, an LM's pattern), reads and writes under `cfg.layout`
+(mmdlib.pipeline.layout), and reloads instead of recomputing what an earlier call finished
+(`layout.cached`):
 
     train_codec_run(cfg, lam)          01: train (or resume, or reload) the codec of weight λ
     forked_codec_run(cfg, lam)         01: the same, the λ > 0 codecs forked from λ = 0 at mmd_start
     reconstruct_run(cfg, lam, clips)   01: its reconstructions of some clips, saved, with their scores
-    tokens(cfg, lam, split)            02/03: the codes of the train/valid clips, cached
+    tokens(cfg, lam, split)            02/03: the codes of the train/valid/test clips, cached
     dependence_run(cfg, lam)           02: MI/NMI of the codes, MMD² and permutation tests
     train_lm_run(cfg, lam, pattern)    03: one LM per (codec, pattern), early-stopped, scored on test clips
     depth_run(cfg, lam, pattern)       03: the factorisation gap of that LM (depth heads, mmdlib.lm.depth)
@@ -17,98 +19,51 @@ reloads instead of recomputing what an earlier call finished:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
-from pathlib import Path
 
 import torch
 
+from mmdlib.codec.model import Codec
 from mmdlib.data.audio import save_audio
-from mmdlib.train.checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, history_rows, load_checkpoint
-from mmdlib.codec.model import Codec, codec_preset
 from mmdlib.data.datasets import clip_batches, make_dataset
-from mmdlib.mmd.dependence import dependence_summary, pairwise_mi, permutation_test
-from mmdlib.pipeline.layout import write_json
-from mmdlib.lm.depth import DEPTH_PRESETS, DepthHead, factorisation_gap, generate_depth
-from mmdlib.lm.model import TokenLM, bits_per_codebook, lm_config
 from mmdlib.eval.metrics import chroma_similarity, fine_structure_r, mel_distance, si_snr, visqol
-from mmdlib.mmd.loss import mmd_independence
-from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
+from mmdlib.lm.depth import DepthHead, factorisation_gap, generate_depth
+from mmdlib.lm.model import TokenLM, bits_per_codebook
 from mmdlib.lm.sampling import generate
+from mmdlib.mmd.dependence import dependence_summary, pairwise_mi
+from mmdlib.mmd.permutation import permutation_test
+from mmdlib.mmd.loss import mmd_independence
+from mmdlib.pipeline.layout import PipelineError, cached, read_json, write_json
+from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
+from mmdlib.train.checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, load_checkpoint
 from mmdlib.train.codec import fork_checkpoint, train_codec
-from mmdlib.train.config import TRAIN_PRESETS, train_preset
 from mmdlib.train.lm import train_lm
-from mmdlib.train.config import LM_TRAIN_PRESETS
-
-
-def read_json(path: Path, how: str = "") -> dict:
-    """A JSON artifact, or a PipelineError saying which notebook makes it."""
-    if not path.is_file():
-        raise PipelineError(f"{path} is missing" + (f": {how}" if how else ""))
-    return json.loads(path.read_text())
 
 
 # ----------------------------------------------------------------------------------------------
 # Data and codecs
 
 
-def sample_rate(cfg: PipelineConfig) -> int:
-    return codec_preset(TRAIN_PRESETS[cfg.codec_preset].preset).sample_rate
-
-
-def data_source(cfg: PipelineConfig) -> str:
-    """"synthetic", or the data folder as an absolute path (make_dataset's and the training config's `data`)."""
-    return "synthetic" if cfg.data == "synthetic" else str(resolve(cfg.data))
-
-
-def data_cache_dir(cfg: PipelineConfig) -> str | None:
-    if cfg.data == "synthetic":
-        return None
-    return str(resolve(cfg.cache_dir or "data/cache"))
-
-
 def dataset(cfg: PipelineConfig, split: str, n_items: int, seconds: float | None = None):
     """Clips `1 n` of the pipeline's data; folder valid/test splits are cut to `n_items`."""
-    ds = make_dataset(data_source(cfg), split, sample_rate(cfg), seconds or cfg.clip_seconds, n_items, cfg.seed,
-                      data_cache_dir(cfg))
+    ds = make_dataset(cfg.data_source(), split, cfg.sample_rate, seconds or cfg.data.clip_seconds, n_items, cfg.seed,
+                      cfg.data_cache_dir())
     if len(ds) > n_items:
         ds = torch.utils.data.Subset(ds, range(n_items))
     return ds
 
 
-def codec_train_config(cfg: PipelineConfig, lam: float):
-    """The CodecTrainConfig of the codec with MMD weight `lam`: train_preset(cfg.codec_preset) with
-    this run's λ, alignment, data, seed and device, and the steps, mmd_start and eval_every that
-    the run sets (None keeps the preset's). Nothing else is changed: `python -m mmdlib.train_codec
-    --preset tiny --set steps=600 mmd_weight=100` trains the notebooks' λ = 100 codec."""
-    base = TRAIN_PRESETS[cfg.codec_preset]
-    over = dict(mmd_weight=float(lam), mmd=dataclasses.replace(base.mmd, align=cfg.align), seed=cfg.seed,
-                device=cfg.device, data=data_source(cfg), cache_dir=data_cache_dir(cfg))
-    for name, value in (("steps", cfg.codec_steps), ("mmd_start", cfg.codec_mmd_start),
-                        ("eval_every", cfg.codec_eval_every)):
-        if value is not None:
-            over[name] = value
-    try:
-        return train_preset(cfg.codec_preset, **over)
-    except ValueError as e:
-        raise PipelineError(f"codec training settings: {e}") from None
-
-
 def train_codec_run(cfg: PipelineConfig, lam: float) -> dict:
-    """Train (or resume, or just reload if finished) the codec of weight `lam` in codec_dir."""
-    tcfg = codec_train_config(cfg, lam)
-    out = cfg.layout.codec(lam)
-    done = out / "metrics.json"
-    if done.is_file() and (out / "codec.pt").is_file():
-        saved = json.loads(done.read_text())
-        if saved["config"] == json.loads(json.dumps(tcfg.to_dict())):
-            return {"history": saved["history"], "final": saved["history"][-1], "resumed": True}
-        raise PipelineError(f"{out} holds a codec trained with another configuration; delete that folder "
-                            "or choose another run_dir")
-    result = train_codec(tcfg, out, progress=False)
-    return result | {"resumed": False}
+    """Train (or resume, or just reload if finished) the codec of weight `lam` in its folder;
+    {"config", "history", "final", "resumed"}."""
+    tcfg, out = cfg.codec_config(lam), cfg.layout.codec(lam)
+    result = cached(out / "metrics.json", {"config": tcfg.to_dict()},
+                    lambda: {"history": train_codec(tcfg, out, progress=False)["history"]}, needs=(out / "codec.pt",),
+                    refuse=f"{out} holds a codec trained with another configuration; delete that folder or choose "
+                           "another run_dir")
+    return result | {"final": result["history"][-1]}
 
 
 @torch.no_grad()
@@ -142,13 +97,13 @@ def forked_codec_run(cfg: PipelineConfig, lam: float) -> dict | None:
     out = cfg.layout.codec(lam)
     if (out / "codec.pt").is_file() and (out / "metrics.json").is_file():
         return None
-    base, base_dir = codec_train_config(cfg, 0.0), cfg.layout.codec(0.0)
+    base, base_dir = cfg.codec_config(0.0), cfg.layout.codec(0.0)
     prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
     if base.mmd_start and not prefix.is_file() and not (base_dir / CHECKPOINT).is_file():
         train_codec(base, base_dir, stop_at=base.mmd_start, progress=False)
         shutil.copyfile(base_dir / CHECKPOINT, prefix)
     if lam and prefix.is_file() and not (out / CHECKPOINT).is_file():
-        fork_checkpoint(prefix, codec_train_config(cfg, lam), out)
+        fork_checkpoint(prefix, cfg.codec_config(lam), out)
     return train_codec_run(cfg, lam)
 
 
@@ -157,10 +112,6 @@ def load_codec(cfg: PipelineConfig, lam: float) -> Codec:
     if not path.is_file():
         raise PipelineError(f"{path} is missing: run notebooks/01_train_codec.ipynb with lambdas={lam:g} first")
     return Codec.load(path, map_location=cfg.device).to(cfg.device)
-
-
-def codec_history(cfg: PipelineConfig, lam: float) -> list[dict]:
-    return read_json(cfg.layout.codec(lam) / "metrics.json", "run notebooks/01_train_codec.ipynb")["history"]
 
 
 @torch.no_grad()
@@ -175,49 +126,32 @@ def tokenise(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> tor
 def _token_meta(cfg: PipelineConfig, lam: float, split: str, n_items: int) -> dict:
     ckpt = cfg.layout.codec(lam) / "codec.pt"
     st = ckpt.stat()
-    return {"data": cfg.data, "split": split, "n_items": n_items, "clip_seconds": cfg.clip_seconds,
+    return {"data": cfg.data.source, "split": split, "n_items": n_items, "clip_seconds": cfg.data.clip_seconds,
             "seed": cfg.seed, "codec": str(ckpt), "codec_size": st.st_size, "codec_mtime_ns": st.st_mtime_ns}
 
 
 def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = None) -> torch.Tensor:
     """The codes `n k t` of the train, valid or test clips under codec `lam` (test: as many clips as
     valid), cached in run_dir/tokens/ as `<split>.pt` (a plain long tensor, what `python -m
-    mmdlib.train.lm --train/--valid` reads) and `<split>.json` (what it was computed from:
+    mmdlib.train_lm --train/--valid` reads) and `<split>.json` (what it was computed from:
     recomputed when the codec or data parameters change)."""
     if split not in ("train", "valid", "test"):
         raise PipelineError(f"split={split!r}: expected 'train', 'valid' or 'test'")
-    n_items = cfg.n_token_train if split == "train" else cfg.n_token_valid
-    meta = _token_meta(cfg, lam, split, n_items)
+    n_items = cfg.data.n_train if split == "train" else cfg.data.n_valid
     path = cfg.layout.tokens(lam, split)
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        return torch.load(path)
-    codec = codec or load_codec(cfg, lam)
-    codes = tokenise(codec, dataset(cfg, split, n_items), device=cfg.device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(codes, path)
-    write_json(meta_path, meta)
-    return codes
+
+    def compute() -> dict:
+        codes = tokenise(codec or load_codec(cfg, lam), dataset(cfg, split, n_items), device=cfg.device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(codes, path)
+        return {}
+
+    cached(path.with_suffix(".json"), _token_meta(cfg, lam, split, n_items), compute, needs=(path,))
+    return torch.load(path)
 
 
 # ----------------------------------------------------------------------------------------------
 # Language models
-
-
-def lm_configs(cfg: PipelineConfig, pattern: str, n_q: int, codebook_size: int):
-    """(LMConfig, LMTrainConfig) of the LM with `pattern` over a codec with n_q x codebook_size codes:
-    the run's LM presets with its steps, crop length, warm-up and evaluation interval (None keeps
-    the preset's), and nothing else changed."""
-    lm_cfg = lm_config(cfg.lm_preset, pattern=pattern, n_q=n_q, codebook_size=codebook_size)
-    over = dict(seed=cfg.seed, device=cfg.device, progress=False, patience=cfg.lm_patience)
-    for name, value in (("steps", cfg.lm_steps), ("seq_frames", cfg.lm_seq_frames), ("warmup", cfg.lm_warmup),
-                        ("eval_every", cfg.lm_eval_every)):
-        if value is not None:
-            over[name] = value
-    try:
-        return lm_cfg, dataclasses.replace(LM_TRAIN_PRESETS[cfg.lm_train_preset], **over)
-    except ValueError as e:
-        raise PipelineError(f"LM training settings: {e}") from None
 
 
 def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
@@ -228,47 +162,38 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     training crop length (`lm.windows`), the length every pattern trained on."""
     train, valid = tokens(cfg, lam, "train"), tokens(cfg, lam, "valid")
     codec_cfg = Codec.load(cfg.layout.codec(lam) / "codec.pt").cfg
-    lm_cfg, tcfg = lm_configs(cfg, pattern, codec_cfg.quantizer.n_q, codec_cfg.quantizer.codebook_size)
+    lm_cfg, tcfg = cfg.lm_configs(pattern, codec_cfg.quantizer.n_q, codec_cfg.quantizer.codebook_size)
     if train.shape[-1] < tcfg.seq_frames:
-        raise PipelineError(f"clip_seconds={cfg.clip_seconds} gives {train.shape[-1]} frames, fewer than the LM's "
-                            f"seq_frames={tcfg.seq_frames}: raise clip_seconds or lower lm_seq_frames")
+        raise PipelineError(f"clip_seconds={cfg.data.clip_seconds} gives {train.shape[-1]} frames, fewer than the "
+                            f"LM's seq_frames={tcfg.seq_frames}: raise clip_seconds or lower lm_seq_frames")
     out = cfg.layout.lm(lam, pattern)
-    configs = {"lm_config": lm_cfg.to_dict(), "train_config": tcfg.to_dict(),
-               "tokens": _token_meta(cfg, lam, "train", cfg.n_token_train)}
-    configs = json.loads(json.dumps(configs))
-    metrics_path, ckpt = out / "metrics.json", out / CHECKPOINT
-    if metrics_path.is_file() and ckpt.is_file():
-        saved = json.loads(metrics_path.read_text())
-        if {k: saved.get(k) for k in configs} == configs:
-            if "bits_per_codebook" not in saved:  # an LM trained before this measure existed
-                model = TokenLM.load(ckpt, map_location=cfg.device)
-                saved["bits_per_codebook"] = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size,
-                                                               window=tcfg.seq_frames).tolist()
-                write_json(metrics_path, saved)
-            return saved | {"history": history_rows(saved["history"]), "resumed": True}
-        raise PipelineError(f"{out} holds an LM trained with another configuration (or on other tokens); "
-                            "delete that folder or choose another run_dir")
-    if ckpt.is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume the same run only
-        state = load_checkpoint(ckpt, "lm")  # a corrupt file: CheckpointError with what to do
-        try:
-            check_same_config(state["config"], {"model": lm_cfg.to_dict(), "train": tcfg.to_dict()},
-                              tuple(f"train.{k}" for k in RUN_NEUTRAL),
-                              f"{ckpt} was written with another LM or training configuration")
-        except CheckpointError as e:
-            raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
-    t0 = time.time()
-    model, history = train_lm(train, valid, lm_cfg, tcfg, out)  # its best state
-    seconds = time.time() - t0
-    evals = [row for row in history if "valid_bits_per_frame" in row]
-    best = min(evals, key=lambda row: row["valid_bits_per_frame"])
-    by_k = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size, window=tcfg.seq_frames)
-    test = float(by_k.sum())  # = evaluate_bits_per_frame on the same windows (tests/lm/test_model.py), one pass
-    result = configs | {"history": history, "valid_bits_per_frame": best["valid_bits_per_frame"],
-                        "bits_per_frame": test, "bits_per_codebook": by_k.tolist(), "best_step": best["step"], "steps_trained": history[-1]["step"],
-                        "train_seconds": seconds, "n_params": model.num_params(),
-                        "codec": cfg.layout.codec_name(lam), "pattern": pattern, "lambda": lam}
-    write_json(metrics_path, result)
-    return result | {"resumed": False}
+    key = {"lm_config": lm_cfg.to_dict(), "train_config": tcfg.to_dict(),
+           "tokens": _token_meta(cfg, lam, "train", cfg.data.n_train)}
+    ckpt = out / CHECKPOINT
+
+    def compute() -> dict:
+        if ckpt.is_file():  # interrupted, or trained outside (torchrun -m mmdlib.train_lm): resume the same run only
+            state = load_checkpoint(ckpt, "lm")  # a corrupt file: CheckpointError with what to do
+            try:
+                check_same_config(state["config"], {"model": lm_cfg.to_dict(), "train": tcfg.to_dict()},
+                                  tuple(f"train.{k}" for k in RUN_NEUTRAL),
+                                  f"{ckpt} was written with another LM or training configuration")
+            except CheckpointError as e:
+                raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
+        t0 = time.time()
+        model, history = train_lm(train, valid, lm_cfg, tcfg, out)  # its best state
+        evals = [row for row in history if "valid_bits_per_frame" in row]
+        best = min(evals, key=lambda row: row["valid_bits_per_frame"])
+        by_k = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size, window=tcfg.seq_frames)
+        return {"history": history, "valid_bits_per_frame": best["valid_bits_per_frame"],
+                "bits_per_frame": float(by_k.sum()),  # = evaluate_bits_per_frame on the same windows, one pass
+                "bits_per_codebook": by_k.tolist(), "best_step": best["step"], "steps_trained": history[-1]["step"],
+                "train_seconds": time.time() - t0, "n_params": model.num_params(),
+                "codec": cfg.layout.codec_name(lam), "pattern": pattern, "lambda": lam}
+
+    return cached(out / "metrics.json", key, compute, needs=(ckpt,),
+                  refuse=f"{out} holds an LM trained with another configuration (or on other tokens); delete that "
+                         "folder or choose another run_dir")
 
 
 def lm_metrics(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
@@ -283,36 +208,19 @@ def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     and the depth head (lm_dir/depth_head.pt, what the `depth` generation samples with)."""
     out = cfg.layout.lm(lam, pattern)
     lm = lm_metrics(cfg, lam, pattern)
-    dcfg = dataclasses.replace(DEPTH_PRESETS[cfg.depth_preset], seed=cfg.seed)
+    dcfg = cfg.depth_config()
+
+    def compute() -> dict:
+        model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
+        t0 = time.time()
+        gap, head = factorisation_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
+                                      tokens(cfg, lam, "test"), dcfg, lm["train_config"]["seq_frames"])
+        torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
+        return gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
+                      "lambda": lam}
+
     key = {"depth_config": dataclasses.asdict(dcfg), "lm_train_seconds": lm["train_seconds"]}
-    path = out / "depth.json"
-    if path.is_file() and (out / "depth_head.pt").is_file():
-        saved = json.loads(path.read_text())
-        if {k: saved.get(k) for k in key} == key:
-            return saved
-    model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
-    window = lm["train_config"]["seq_frames"]
-    t0 = time.time()
-    gap, head = factorisation_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
-                                  tokens(cfg, lam, "test"), dcfg, window)
-    result = key | gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
-                          "lambda": lam}
-    torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
-    write_json(path, result)
-    return result
-
-
-
-
-def gap_patterns(cfg: PipelineConfig) -> list[str]:
-    """The patterns whose factorisation gap 03 measures: cfg.gap_patterns among cfg.patterns."""
-    return [p for p in cfg.gap_patterns if p in cfg.patterns]
-
-
-def models(cfg: PipelineConfig) -> list[str]:
-    """What 04 samples from: every LM pattern, then `depth` (the joint model in T steps) when the
-    parallel LM has a depth head."""
-    return [*cfg.patterns] + (["depth"] if DEPTH_TRUNK in gap_patterns(cfg) else [])
+    return cached(out / "depth.json", key, compute, needs=(out / "depth_head.pt",))
 
 
 def load_depth(cfg: PipelineConfig, lam: float, base: str = DEPTH_TRUNK) -> tuple[TokenLM, DepthHead]:
@@ -323,13 +231,13 @@ def load_depth(cfg: PipelineConfig, lam: float, base: str = DEPTH_TRUNK) -> tupl
                             f"patterns including {base} (its depth head is the `depth` model)")
     model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
     saved = torch.load(out / "depth_head.pt", map_location=cfg.device)
-    head = DepthHead(model, dataclasses.replace(DEPTH_PRESETS[cfg.depth_preset], **saved["config"]))
+    head = DepthHead(model, dataclasses.replace(cfg.depth, **saved["config"]))
     head.load_state_dict(saved["state"])
     return model, head.to(cfg.device).eval()
 
 
 def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | None = None) -> dict:
-    """Sample cfg.n_gen clips of cfg.gen_seconds from the LM of (codec `lam`, `pattern`), decode them,
+    """Sample cfg.generate.n clips of cfg.generate.seconds from the LM of (codec `lam`, `pattern`), decode them,
     write gen_dir/{codes.pt, sample*.wav, metrics.json}; returns the metrics (timing included).
     pattern "depth": the joint model in T steps, the parallel LM with its depth head."""
     codec = codec or load_codec(cfg, lam)
@@ -339,29 +247,29 @@ def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | N
     else:
         model = TokenLM.load(cfg.layout.lm(lam, pattern) / "checkpoint.pt", map_location=cfg.device)
         sample = lambda n, **kw: generate(model, n, **kw)  # noqa: E731
-    n_frames = max(1, round(cfg.gen_seconds * codec.frame_rate))
+    n_frames = max(1, round(cfg.generate.seconds * codec.frame_rate))
     sample(min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    codes = sample(n_frames, batch_size=cfg.n_gen, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+    codes = sample(n_frames, batch_size=cfg.generate.n, temperature=cfg.generate.temperature, top_k=cfg.generate.top_k, seed=cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    wav = codec.decode(codes.to(cfg.device)).cpu()[..., : round(cfg.gen_seconds * codec.cfg.sample_rate)]
+    wav = codec.decode(codes.to(cfg.device)).cpu()[..., : round(cfg.generate.seconds * codec.cfg.sample_rate)]
     out = cfg.layout.gen(lam, pattern)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(codes.cpu(), out / "codes.pt")
     for i, w in enumerate(wav):
         save_audio(out / f"sample{i}.wav", w.clamp(-1, 1), codec.cfg.sample_rate)
     metrics = {"codec": cfg.layout.codec_name(lam), "lambda": lam, "pattern": pattern, "n_frames": n_frames,
-               "n_steps": model.make_pattern(n_frames).n_steps, "batch_size": cfg.n_gen,
-               "gen_seconds_wall": seconds, "audio_seconds": cfg.gen_seconds * cfg.n_gen,
-               "real_time_factor": seconds / (cfg.gen_seconds * cfg.n_gen), "device": cfg.device}
+               "n_steps": model.make_pattern(n_frames).n_steps, "batch_size": cfg.generate.n,
+               "gen_seconds_wall": seconds, "audio_seconds": cfg.generate.seconds * cfg.generate.n,
+               "real_time_factor": seconds / (cfg.generate.seconds * cfg.generate.n), "device": cfg.device}
     size = codec.cfg.quantizer.codebook_size
     dep = dependence_summary(codes.cpu(), size)
     # the same statistic on as many real held-out clips and frames (its bias depends on the sample size)
-    real = tokens(cfg, lam, "valid", codec)[: cfg.n_gen, :, :n_frames]
+    real = tokens(cfg, lam, "valid", codec)[: cfg.generate.n, :, :n_frames]
     metrics |= {"nmi_lag0": dep["nmi_lag0"], "nmi_delay": dep["nmi_delay"],
                 "real_nmi_delay": dependence_summary(real, size)["nmi_delay"], "real_clips": len(real)}
     write_json(out / "metrics.json", metrics)
@@ -401,14 +309,14 @@ def dependence_run(cfg: PipelineConfig, lam: float, codec: Codec | None = None) 
         out[f"nmi_{tag}"] = r["nmi"].tolist()
         out["entropy"] = r["entropy"].tolist()
     out["summary"] = dependence_summary(codes, size)
-    n_mmd = max(1, math.ceil(cfg.mmd_samples / codes.shape[-1]))  # whole clips, the first ones
-    n_perm = max(1, math.ceil(cfg.perm_samples / codes.shape[-1]))
-    streams = residual_streams(codec, dataset(cfg, "valid", cfg.n_token_valid), max(n_mmd, n_perm), device=cfg.device)
+    n_mmd = max(1, math.ceil(cfg.dependence.mmd_samples / codes.shape[-1]))  # whole clips, the first ones
+    n_perm = max(1, math.ceil(cfg.dependence.perm_samples / codes.shape[-1]))
+    streams = residual_streams(codec, dataset(cfg, "valid", cfg.data.n_valid), max(n_mmd, n_perm), device=cfg.device)
     out["mmd_samples"] = int(min(n_mmd, len(streams)) * streams.shape[-1])
     for tag, align in (("lag0", "none"), ("delay", "delay")):
-        mcfg = dataclasses.replace(codec_train_config(cfg, lam).mmd, align=align)  # as the λ > 0 codecs train
+        mcfg = dataclasses.replace(cfg.codec.mmd, align=align)  # as the λ > 0 codecs train
         out[f"mmd_{tag}"] = float(mmd_independence(streams[:n_mmd], mcfg, seed=cfg.seed))
-        test = permutation_test(streams[:n_perm], mcfg, cfg.n_permutations, seed=cfg.seed)
+        test = permutation_test(streams[:n_perm], mcfg, cfg.dependence.n_permutations, seed=cfg.seed)
         out[f"perm_{tag}"] = {"statistic": test["statistic"], "p_value": test["p_value"],
                               "null": test["null"].tolist(),
                               "n_samples": int(min(n_perm, len(streams)) * streams.shape[-1])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mmdlib.codec.discriminator import DiscriminatorConfig
 from mmdlib.codec.model import CodecConfig, codec_preset
@@ -18,6 +19,8 @@ from mmdlib.train.checkpoint import valid_seed
 
 @dataclass
 class CodecTrainConfig:
+    ALIASES: ClassVar[dict[str, str]] = {"mmd_align": "mmd.align"}  # short names of `--set` keys
+
     model: CodecConfig = field(default_factory=lambda: codec_preset("tiny"))  # the codec's architecture
     data: str = "synthetic"         # "synthetic" or a folder of audio files
     steps: int = 1200

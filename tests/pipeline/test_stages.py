@@ -28,7 +28,7 @@ def test_defaults_resolve_to_the_preset(tmp_path):
     tiny = params.PIPELINE_PRESETS["tiny"]
     assert cfg == dataclasses.replace(tiny, run_dir=str(tmp_path))
     # None means "the preset's value"
-    assert check_params("00_data", run_dir=str(tmp_path), lambdas=None, lm_steps=None).lm_steps == tiny.lm_steps
+    assert check_params("00_data", run_dir=str(tmp_path), lambdas=None, lm_steps=None).lm_train == tiny.lm_train
 
 
 def test_unknown_preset_lists_the_presets():
@@ -58,7 +58,7 @@ def test_lambdas_accept_lists_scalars_and_strings(given, expected):
 
 
 @pytest.mark.parametrize("given, message", [
-    ("-1", "not a weight >= 0"), ("nan", "not a weight >= 0"), ("0,0", "twice"), ("a,b", "'a' is not a float"),
+    ("-1", "not a weight >= 0"), ("nan", "expected a finite number"), ("0,0", "twice"), ("a,b", "lambdas='a': expected a number"),
     ("[0,", "not a valid list"), ("", "empty"),
 ])
 def test_bad_lambdas(given, message):
@@ -103,7 +103,7 @@ def test_bad_names_and_values(tmp_path):
         locked.chmod(0o700)
     with pytest.raises(PipelineError, match=r"fig_dir=.*cannot be written"):
         check_params("00_data", run_dir=str(tmp_path / "r"), fig_dir="/proc/forbidden")
-    assert check_params("00_data", data=str(tmp_path)).data == str(tmp_path)
+    assert check_params("00_data", data=str(tmp_path)).data.source == str(tmp_path)
 
 
 def test_missing_artifacts_name_the_notebook_to_run(tmp_path):
@@ -141,13 +141,13 @@ def test_layout(tmp_path):
 def test_codec_and_lm_configs():
     cfg = check_params("00_data", lambdas="0,100", codec_steps=30, codec_mmd_start=20, lm_steps=40, lm_warmup=4,
                        align="none")
-    c = stages.codec_train_config(cfg, 100)
+    c = cfg.codec_config(100)
     assert (c.steps, c.mmd_start, c.mmd_weight, c.mmd.align, c.eval_every) == (30, 20, 100.0, "none", 400)
     assert c.mmd.normalize_distance  # the preset's kernel, kept when the alignment changes
 
-    paper = stages.codec_train_config(dataclasses.replace(params.PIPELINE_PRESETS["paper"], device="cpu"), 1000)
-    assert paper.steps == TRAIN_PRESETS["paper"].steps  # None keeps the training preset's steps
-    lm_cfg, t = stages.lm_configs(cfg, "flatten", 3, 16)
+    paper = dataclasses.replace(params.PIPELINE_PRESETS["paper"], device="cpu").codec_config(1000)
+    assert paper.steps == TRAIN_PRESETS["paper"].steps and paper.model == TRAIN_PRESETS["paper"].model
+    lm_cfg, t = cfg.lm_configs("flatten", 3, 16)
     assert (lm_cfg.pattern, lm_cfg.n_q, lm_cfg.codebook_size) == ("flatten", 3, 16)
     assert (t.steps, t.warmup, t.ckpt_every, t.progress) == (40, 4, LM_TRAIN_PRESETS["tiny"].ckpt_every, False)
 
@@ -157,11 +157,11 @@ def test_the_notebooks_train_what_the_command_line_trains():
     `python -m mmdlib.train_codec --set steps=1200 eval_every=400 mmd_start=800 mmd_weight=100`, and a run
     too short for its mmd_start is refused instead of silently moved."""
     tiny = check_params("00_data")
-    assert stages.codec_train_config(tiny, 100) == apply_overrides(
+    assert tiny.codec_config(100) == apply_overrides(
         train_preset("tiny"), ["steps=1200", "eval_every=400", "mmd_start=800", "mmd_weight=100"])
     with pytest.raises(PipelineError, match=r"mmd_start=800 >= steps=30: the MMD loss would never be on"):
-        stages.codec_train_config(check_params("00_data", codec_steps=30), 100)
-    assert stages.codec_train_config(check_params("00_data", codec_steps=30), 0).steps == 30  # no MMD: fine
+        check_params("00_data", codec_steps=30).codec_config(100)
+    assert check_params("00_data", codec_steps=30).codec_config(0).steps == 30  # no MMD: fine
     with pytest.raises(PipelineError, match=r"codec_mmd_start=-1: expected an integer >= 0"):
         check_params("00_data", codec_mmd_start=-1)
 
@@ -187,7 +187,7 @@ def test_tokenise_shapes_and_cache(tmp_path, monkeypatch):
     assert torch.equal(stages.tokens(cfg, 0, "train"), codes)
     # ... unless the data parameters changed
     with pytest.raises(pytest.fail.Exception):
-        stages.tokens(dataclasses.replace(cfg, n_token_train=4), 0, "train")
+        stages.tokens(apply_overrides(cfg, {"n_token_train": 4}), 0, "train")
     with pytest.raises(PipelineError, match="split='holdout'"):
         stages.tokens(cfg, 0, "holdout")
 
@@ -232,10 +232,10 @@ def test_lm_run_resumes_and_refuses_other_configs(tmp_path):
     again = stages.train_lm_run(cfg, 0, "delay")
     assert again["valid_bits_per_frame"] == first["valid_bits_per_frame"]
     with pytest.raises(PipelineError, match="another configuration"):
-        stages.train_lm_run(dataclasses.replace(cfg, lm_steps=3), 0, "delay")
+        stages.train_lm_run(apply_overrides(cfg, {"lm_steps": 3}), 0, "delay")
     (cfg.layout.lm(0, "delay") / "metrics.json").unlink()
     with pytest.raises(PipelineError, match="another LM or training configuration"):
-        stages.train_lm_run(dataclasses.replace(cfg, lm_steps=3), 0, "delay")
+        stages.train_lm_run(apply_overrides(cfg, {"lm_steps": 3}), 0, "delay")
     # the token cache is a plain tensor, readable by the train_lm command line
     assert torch.load(cfg.layout.tokens(0, "train")).shape == (4, 3, 20)
 
@@ -246,7 +246,7 @@ def test_notebook_params_reads_the_parameters_cell(tmp_path):
     ns = {"preset": "smoke", "run_dir": str(tmp_path), "lambdas": "0,10", "codec_steps": None, "In": [], "x": 1}
     P = params.notebook_params("00_data", ns)
     smoke = params.PIPELINE_PRESETS["smoke"]
-    assert (P.lambdas, P.codec_steps, P.run_dir, P.n_gen) == ((0.0, 10.0), smoke.codec_steps, str(tmp_path), smoke.n_gen)
+    assert (P.lambdas, P.codec, P.run_dir, P.generate) == ((0.0, 10.0), smoke.codec, str(tmp_path), smoke.generate)
     with pytest.raises(PipelineError, match="seed=-1"):
         params.notebook_params("00_data", ns | {"seed": -1})
 
@@ -256,8 +256,22 @@ def test_depth_parameters_are_checked():
         check_params("00_data", gap_patterns="flatten")
     with pytest.raises(PipelineError, match="lm_patience=-1"):
         check_params("00_data", lm_patience=-1)
-    with pytest.raises(PipelineError, match="depth_preset='huge'"):
-        check_params("00_data", depth_preset="huge")
+    with pytest.raises(PipelineError, match="depth head parameter hidden=0"):
+        check_params("00_data", **{"depth.hidden": 0})
     cfg = check_params("00_data", patterns="delay,flatten")
-    assert stages.gap_patterns(cfg) == ["delay"] and stages.models(cfg) == ["delay", "flatten"]
-    assert stages.models(check_params("00_data")) == ["parallel", "delay", "flatten", "depth"]
+    assert cfg.gap_models() == ["delay"] and cfg.models() == ["delay", "flatten"]
+    assert check_params("00_data").models() == ["parallel", "delay", "flatten", "depth"]
+
+
+def test_the_tree_has_no_preset_names_and_takes_dotted_paths():
+    """PipelineConfig holds its sub-configs as objects (no `*_preset` strings, no copies of their
+    fields); a flat notebook name and its dotted path are the same override."""
+    names = [f.name for f in dataclasses.fields(params.PipelineConfig)]
+    assert not [n for n in names if n.endswith("_preset")]
+    for group in ("codec", "lm", "lm_train", "depth", "data", "generate", "dependence"):
+        assert dataclasses.is_dataclass(getattr(params.PIPELINE_PRESETS["tiny"], group))
+    assert set(names) & set(params.PipelineConfig.ALIASES) == {"data"}  # aliases are paths (data: data.source)
+    flat = check_params("00_data", codec_steps=30, lm_steps=7, align="none")
+    dotted = check_params("00_data", **{"codec.steps": 30, "lm_train.steps": 7, "codec.mmd.align": "none"})
+    assert flat == dotted and flat.codec.steps == 30 and flat.layout.align == "none"
+    assert check_params("00_data", **{"codec.model.quantizer.n_q": 2}).codec_config(0).model.quantizer.n_q == 2

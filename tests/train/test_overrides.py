@@ -1,6 +1,7 @@
 """`--set KEY=VALUE`: typed by the config's fields, nested settings keep their preset's values."""
 import pytest
 
+from mmdlib.codec.discriminator import DiscriminatorConfig
 from mmdlib.train.overrides import apply_overrides
 from mmdlib.train.codec import main as train_codec_main
 from mmdlib.train.config import train_preset
@@ -8,9 +9,11 @@ from mmdlib.train.config import train_preset
 
 def test_values_are_typed_by_the_fields():
     base = train_preset("tiny")
-    cfg = apply_overrides(base, ["steps=1e3", "mmd_weight=100", "lr=3e-4", "discriminator=true",
-                                 "betas=[0.8,0.99]", "cache_dir=none", "data=some/folder"])
-    assert (cfg.steps, cfg.mmd_weight, cfg.lr, cfg.discriminator) == (1000, 100.0, 3e-4, True)
+    cfg = apply_overrides(base, ["steps=1e3", "mmd_weight=100", "lr=3e-4", "discriminator=paper",
+                                 "betas=[0.8,0.99]", "cache_dir=none", "data=some/folder", "model.quantizer.n_q=8"])
+    assert (cfg.steps, cfg.mmd_weight, cfg.lr, cfg.discriminator) == (1000, 100.0, 3e-4, DiscriminatorConfig.paper())
+    assert cfg.model.quantizer.n_q == 8 and cfg.model.quantizer.codebook_size == base.model.quantizer.codebook_size
+    assert apply_overrides(cfg, ["discriminator=none"]).discriminator is None
     assert type(cfg.steps) is int and type(cfg.mmd_weight) is float
     assert cfg.betas == (0.8, 0.99) and cfg.cache_dir is None and cfg.data == "some/folder"
     assert base.steps == train_preset("tiny").steps != 1000  # a copy
@@ -31,7 +34,8 @@ def test_nested_settings_keep_the_preset():
     ("steps=1.5", "integer"), ("steps=ten", "integer"), ("seed=1e30", "integer"),
     ("stepz=3", r"unknown parameter 'stepz'.*'steps'"), ("mmd=3", "group of settings"),
     ("mmd.aling=none", "unknown parameter 'aling' of MMDConfig"), ("steps", "KEY=VALUE"),
-    ("discriminator=maybe", "true or false"), ("mmd.align=sideways", "align"),
+    ("discriminator=maybe", r"none or one of \['paper', 'tiny'\]"), ("balancer=maybe", "true or false"),
+    ("discriminator.n_filters=8", "off \\(None\\)"), ("mmd.align=sideways", "align"),
 ])
 def test_bad_values_are_refused_by_name(item, match):
     with pytest.raises(ValueError, match=match):
@@ -51,3 +55,13 @@ def test_items_are_checked_together_whatever_their_order():
     assert (cfg.steps, cfg.mmd_weight, cfg.mmd_start, cfg.mmd.align, cfg.mmd.normalize_distance) == (2, 10.0, 1, "none", True)
     with pytest.raises(ValueError, match=r"mmd_start=400 >= steps=2: the MMD loss would never be on"):
         apply_overrides(train_preset("tiny"), ["steps=2", "mmd_weight=10"])
+
+
+def test_python_values_are_checked_against_the_type():
+    """The notebooks pass Python values: a scalar where a tuple is expected, an int for a float, a
+    whole config; a bool is not an integer."""
+    base = train_preset("tiny")
+    cfg = apply_overrides(base, {"betas": 0.5, "lr": 1, "mmd.scales": [1, 10]})
+    assert cfg.betas == (0.5,) and cfg.lr == 1.0 and type(cfg.lr) is float and cfg.mmd.scales == (1.0, 10.0)
+    with pytest.raises(ValueError, match="steps=True: expected an integer"):
+        apply_overrides(base, {"steps": True})
