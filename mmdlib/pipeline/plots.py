@@ -293,29 +293,49 @@ def sweep_tradeoff(agg: dict, y: str = "visqol"):
     return fig
 
 
+def t_interval(values) -> tuple[float, float]:
+    """The 95 % t-interval of the mean of `values` (the seeds): what the sweep's figures draw."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float(v.mean())
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
 def sweep_gap(agg: dict, embedder: str = "logmel"):
     """Top: held-out bits/frame above flatten's (pattern − flatten) per codec; bottom: FAD of the samples
-    per codec and pattern. Mean ± std over seeds; one column per data set."""
+    per codec and pattern. Each seed a dot (seaborn's stripplot), the mean with its 95 % t-interval over
+    seeds (pointplot); one column per data set."""
+    import pandas as pd
+    import seaborn as sns
+
     fig, axes = plt.subplots(2, len(agg), figsize=(5 * len(agg), 7), squeeze=False)
     for j, (tag, a) in enumerate(agg.items()):
-        labels = [_sweep_label(c) for c in a["codecs"]]
-        x = np.arange(len(labels))
+        labels = {c["codec"]: _sweep_label(c) for c in a["codecs"]}
         patterns = list(dict.fromkeys(r["pattern"] for r in a["lms"]))
-        for k, p in enumerate(patterns):
-            rows = [next(r for r in a["lms"] if r["codec"] == c["codec"] and r["pattern"] == p) for c in a["codecs"]]
-            off = (k - (len(patterns) - 1) / 2) * 0.2
-            for i, (key, ax) in enumerate((("gap_vs_flatten", axes[0, j]), (f"fad_{embedder}_gen", axes[1, j]))):
-                if key == "gap_vs_flatten" and p == "flatten":
-                    continue
-                m = [r[key]["mean"] if r.get(key) else np.nan for r in rows]
-                s = [(r[key]["std"] or 0) if r.get(key) else 0 for r in rows]
-                ax.errorbar(x + off, m, yerr=s, fmt="o", capsize=3, label=p, color=f"C{k}")
+        for key, ax in (("gap_vs_flatten", axes[0, j]), (f"fad_{embedder}_gen", axes[1, j])):
+            shown = [p for p in patterns if not (key == "gap_vs_flatten" and p == "flatten")]
+            seeds = pd.DataFrame([{"codec": labels[r["codec"]], "pattern": r["pattern"], "value": v}
+                                  for r in a["lms"] if r["pattern"] in shown and r.get(key)
+                                  for v in r[key]["values"]])
+            if seeds.empty:
+                continue
+            palette = {p: f"C{patterns.index(p)}" for p in shown}
+            common = dict(data=seeds, x="codec", y="value", hue="pattern", order=list(labels.values()),
+                          hue_order=shown, palette=palette, ax=ax)
+            # dodge as the stripplot's (0.8 wide, split among the hues), so each mean sits on its seeds
+            sns.pointplot(**common, dodge=0.8 * (len(shown) - 1) / len(shown), errorbar=t_interval, linestyle="none",
+                          markers="o", markersize=5, capsize=0.08, err_kws={"linewidth": 1.2})
+            sns.stripplot(**common, dodge=True, jitter=0.05, size=4, alpha=0.6, edgecolor="white", linewidth=0.5,
+                          legend=False)
+            ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+            ax.set_xlabel("")
+            ax.legend(fontsize=8)
         axes[0, j].axhline(0, color="k", lw=0.8)
         axes[0, j].set(ylabel="bits/frame − flatten's", title=f"{tag}: bits/frame above the flatten LM")
         axes[1, j].set(ylabel=f"FAD ({embedder}) of samples vs held-out", title=f"{tag}: sample quality")
-        for ax in axes[:, j]:
-            ax.set_xticks(x, labels, rotation=20, fontsize=8)
-            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -325,8 +345,6 @@ def sweep_depth_gap(agg: dict):
     (bits/frame the LM gives up within a step; each its own scale), then NMI(delay) of the codes,
     then ViSQOL and code entropy, so that a gap that moves only because the codebooks collapsed
     shows. Points: mean over seeds, bars: 95 % t-interval over seeds; thin lines: each seed."""
-    from scipy import stats
-
     def gap_patterns(a):
         return [p for p in dict.fromkeys(r["pattern"] for r in a["lms"])
                 if any(r.get("depth_gap_bits") for r in a["lms"] if r["pattern"] == p)]
@@ -336,8 +354,8 @@ def sweep_depth_gap(agg: dict):
 
     def draw(ax, xs, stat_rows, color, label):
         m = [s["mean"] if s and s["mean"] is not None else np.nan for s in stat_rows]
-        half = [stats.t.ppf(0.975, s["n"] - 1) * s["std"] / np.sqrt(s["n"]) if s and s.get("std") else 0
-                for s in stat_rows]
+        half = [m_ - t_interval(s["values"])[0] if s and len(s.get("values") or []) > 1 else 0
+                for m_, s in zip(m, stat_rows)]
         ax.errorbar(xs, m, yerr=half, fmt="o-", capsize=4, color=color, label=label)
         seeds = max((len(s["values"]) for s in stat_rows if s), default=0)
         for i in range(seeds):
