@@ -1,7 +1,8 @@
 """torch.distributed through torchrun, or a single process: one code path.
 
 `torchrun --nproc_per_node N -m mmdlib.train_codec ...` sets WORLD_SIZE/RANK/LOCAL_RANK;
-without them everything below is a no-op and the world has one rank.
+without them everything below is a no-op and the world has one rank. The one set of these helpers
+(the loops, the quantizer and the MMD import it as `D`); it imports nothing from mmdlib.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not is_distributed():
         return model
     for buf in model.buffers():
-        dist.broadcast(buf, src=0)
+        broadcast(buf)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
@@ -67,7 +68,29 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def all_reduce(t: torch.Tensor) -> None:
+    """Sum `t` over the ranks, in place."""
+    if is_distributed():
+        dist.all_reduce(t)
+
+
+def broadcast(t: torch.Tensor) -> None:
+    """Rank 0's `t` on every rank, in place."""
+    if is_distributed():
+        dist.broadcast(t, src=0)
+
+
+def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `t` (same shape on all ranks), rank order; detached copies, [t] in one process."""
+    if not is_distributed():
+        return [t]
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.detach().contiguous())
+    return parts
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the ranks (a new tensor; `x` itself in one process)."""
     if is_distributed():
         x = x.clone()
         dist.all_reduce(x)

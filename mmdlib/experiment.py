@@ -34,7 +34,7 @@ from mmdlib.pipeline import plots
 from mmdlib.data.audio import load_audio
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.eval.fad import embed_audio, fad, get_embedder
-from mmdlib.pipeline.layout import write_json
+from mmdlib.train.checkpoint import write_json
 from mmdlib.pipeline.params import DEPTH_TRUNK, PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
 from mmdlib.pipeline.report import add_gap, aggregate, report_markdown
 from mmdlib.pipeline.stages import dataset, depth_run, forked_codec_run, generate_run, load_codec, train_lm_run

@@ -77,4 +77,12 @@ def test_folders_by_concept_and_small_modules():
 
 
 def test_public_api():
-    from mmdlib import Codec, MMDConfig, TokenLM, make_dataset, mmd_independence  # noqa: F401
+    """The names the README shows are importable from the top and are the package's own objects."""
+    import mmdlib
+    from mmdlib import Codec, MMDConfig, TokenLM, make_dataset, mmd_independence
+    from mmdlib.codec.model import Codec as codec_class
+    from mmdlib.mmd.loss import mmd_independence as loss
+
+    assert Codec is codec_class and mmd_independence is loss
+    assert {"Codec", "TokenLM", "MMDConfig", "mmd_independence", "make_dataset"} <= set(mmdlib.__all__)
+    assert callable(make_dataset) and TokenLM.__module__ == "mmdlib.lm.model" and MMDConfig().estimator

@@ -5,7 +5,7 @@
 Token sets from `depth.copy_tokens`: codebook k copies codebook k-1 with probability p inside the
 tuple the pattern predicts in one step (the frame for parallel, the delay tuple for delay), else
 draws a uniform code; p = 0 gives independent codes. For each pattern and set, an LM of the
-`small` preset trains on the train clips (train_lm, early stopping), then `depth.factorisation_gap`
+`small` preset trains on the train clips (train_lm, early stopping), then `depth.factorization_gap`
 trains the depth heads and scores fresh test clips. The exact gap follows from p and the codebook
 size (`depth.copy_gap_bits`); the instrument should find ~0 on independent codes and the exact
 value on dependent ones (the goal: within 15 %; it understates, a lower bound).
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from mmdlib.lm.depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorisation_gap
+from mmdlib.lm.depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorization_gap
 from mmdlib.lm.model import lm_config
 from mmdlib.train.lm import train_lm
 from mmdlib.train.config import LM_TRAIN_PRESETS
@@ -42,7 +42,7 @@ def measure(pattern: str, p: float, a) -> dict:
         model, _ = train_lm(sets["train"], sets["valid"], lm_cfg, tcfg, run_dir)
     dcfg = dataclasses.replace(DEPTH_PRESETS[a.depth_preset], seed=a.seed,
                                **({"max_train_windows": a.train_windows} if a.train_windows else {}))
-    gap, _ = factorisation_gap(model.eval(), sets["train"], sets["valid"], sets["test"], dcfg, a.window)
+    gap, _ = factorization_gap(model.eval(), sets["train"], sets["valid"], sets["test"], dcfg, a.window)
     # exact: every step of a window holds a full tuple, but for delay the last frame of a window has no partner
     true = copy_gap_bits(a.codebook_size, p, a.n_q) * (1 if align == "none" else (a.window - 1) / a.window)
     print(f"{pattern} p={p:g}: gap {gap['gap_bits']:.3f} ± {gap['gap_se']:.3f} bits/frame (exact {true:.3f}), "

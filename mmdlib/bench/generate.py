@@ -1,9 +1,9 @@
 """Generation speed per codebook pattern (KV cache, batch 1), and KV-cache scaling.
 
-    python -m mmdlib.bench generate [--frames 250] [--repeats 3] [--checkpoint runs/lm/checkpoint.pt]
+    python -m mmdlib.bench generate [--frames 250] [--repeats 3] [--checkpoint runs/lm/lm.pt]
 
 Times `sampling.generate` for each pattern with the same transformer (the `tiny` preset, random init
-unless a checkpoint is given: its weights are used for its own pattern, its config for all).
+unless an LM model file (lm.pt) is given: its weights are used for its own pattern, its config for all).
 Reports the min over repeats (the CPU may be shared), the flatten / delay time ratio (the step
 ratio K T / (T + K - 1) is its ceiling, ~4 for K = 4, T = 250), the joint model in T steps
 (`depth`: the parallel trunk with a depth head of DEPTH_PRESETS[--depth-preset], mmdlib.lm.depth)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--patterns", default=",".join(PATTERNS) + ",depth", help="'depth': parallel trunk + depth head")
     p.add_argument("--depth-preset", default="tiny", choices=sorted(DEPTH_PRESETS))
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, help="an LM model file (run_dir/lm.pt of train_lm)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (per-step ops are tiny)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)

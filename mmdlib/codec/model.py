@@ -174,6 +174,7 @@ class Codec(nn.Module):
 
     # -- checkpoints that carry their config ---------------------------------------------------
     def save(self, path: str | Path) -> None:
+        """{"config": CodecConfig dict, "state": state_dict} at `path` (Codec.load reads it)."""
         torch.save({"config": self.cfg.to_dict(), "state": self.state_dict()}, path)
 
     @classmethod
@@ -182,9 +183,8 @@ class Codec(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"codec checkpoint {path} does not exist")
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        if "config" not in ckpt:
-            raise ValueError(f"{path} is not a codec checkpoint (no 'config' entry)")
+        if not isinstance(ckpt, dict) or not {"config", "state"} <= ckpt.keys():
+            raise ValueError(f"{path} is not a codec checkpoint (no 'config' and 'state' entries: Codec.save writes them)")
         model = cls(CodecConfig.from_dict(ckpt["config"]))
-        state = ckpt["state"] if "state" in ckpt else ckpt["codec"]
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt["state"])
         return model.eval()

@@ -25,10 +25,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from mmdlib import distributed as D
 
 
 @dataclass
@@ -59,26 +60,6 @@ class QuantizerConfig:
                              f"got {self.threshold_ema_dead_code} and {self.commitment_weight}")
 
 
-# -- torch.distributed, no-ops in a single process -------------------------------------------------
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _all_reduce(t: torch.Tensor) -> None:
-    if _distributed():
-        dist.all_reduce(t)
-
-
-def _broadcast(t: torch.Tensor) -> None:
-    if _distributed():
-        dist.broadcast(t, src=0)
-
-
-# -- pure helpers -------------------------------------------------------------------------------------
 def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """`n d, v d -> n`: index of the closest codebook row, ||x||^2 - 2 x.c + ||c||^2 via a matmul."""
     dist2 = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)
@@ -151,10 +132,10 @@ class VectorQuantizer(nn.Module):
     def _kmeans_init(self, x: torch.Tensor) -> None:
         centres = torch.empty_like(self.codebook)
         counts = torch.empty_like(self.ema_count)
-        if _rank() == 0:
+        if D.is_main():
             centres, counts = kmeans(x, self.codebook_size, self.cfg.kmeans_iters)
-        _broadcast(centres)
-        _broadcast(counts)
+        D.broadcast(centres)
+        D.broadcast(counts)
         self.codebook.copy_(centres)
         self.ema_count.copy_(counts)
         self.ema_sum.copy_(centres * counts.unsqueeze(1))
@@ -165,8 +146,8 @@ class VectorQuantizer(nn.Module):
         v, decay, eps = self.codebook_size, self.cfg.ema_decay, self.cfg.epsilon
         batch_count = torch.bincount(codes, minlength=v).to(x.dtype)      # v
         batch_sum = torch.zeros_like(self.ema_sum).index_add_(0, codes, x)  # v d
-        _all_reduce(batch_count)
-        _all_reduce(batch_sum)
+        D.all_reduce(batch_count)
+        D.all_reduce(batch_sum)
         self.ema_count.mul_(decay).add_(batch_count, alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(batch_sum, alpha=1 - decay)
         total = self.ema_count.sum()
@@ -182,9 +163,9 @@ class VectorQuantizer(nn.Module):
         if threshold <= 0 or n_dead == 0:
             return
         new = torch.empty(n_dead, self.dim, device=x.device, dtype=x.dtype)
-        if _rank() == 0:
+        if D.is_main():
             new = _sample_rows(x, n_dead)
-        _broadcast(new)
+        D.broadcast(new)
         self.codebook[dead] = new
         self.ema_count[dead] = threshold  # a restarted code must be used to survive the next decay
         self.ema_sum[dead] = new * threshold
@@ -234,7 +215,7 @@ class ResidualVQ(nn.Module):
     def _sample_n_q(self, device: torch.device) -> int:
         """Quantizer dropout: n uniform in [1, K] from torch's global RNG, rank 0's on every rank."""
         n = torch.randint(1, self.cfg.n_q + 1, (1,)).to(device)
-        _broadcast(n)
+        D.broadcast(n)
         return int(n)
 
     def forward(self, x: torch.Tensor, n_q: int | None = None) -> QuantizerOutput:

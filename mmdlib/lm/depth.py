@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmdlib.lm.model import KVCache, TokenLM, windows, cell_nll as lm_cell_nll
+from mmdlib.lm.model import KVCache, TokenLM, cell_nll, windows
 from mmdlib.lm.sampling import check_sampling, sample_checked
 from mmdlib.patterns import Pattern
 
@@ -129,15 +129,15 @@ def trunk_features(model: TokenLM, tokens: torch.Tensor, window: int | None = No
     return torch.cat(hs), torch.cat(seqs), pat.to("cpu")
 
 
-def cell_nll(model: TokenLM, head: DepthHead | None, h: torch.Tensor, seq: torch.Tensor,
+def item_nll(model: TokenLM, head: DepthHead | None, h: torch.Tensor, seq: torch.Tensor,
              pat: Pattern) -> torch.Tensor:
-    """Summed NLL in nats per item [b] over the valid cells (each code once); head None: the LM's
-    own factorised heads."""
+    """NLL in nats of each item [b], summed over its valid cells (each code once; lm.cell_nll) of
+    the LM's heads plus the depth head's corrections (head None: the LM's own factorised heads)."""
     with torch.no_grad():
         logits = model.logits(h, pat.columns)                              # [b, j, s, v], frozen
     if head is not None:
         logits = logits + head(h, seq)
-    return lm_cell_nll(logits, seq, pat).sum((1, 2))
+    return cell_nll(logits, seq, pat).sum((1, 2))
 
 
 def per_item_bits(model: TokenLM, head: DepthHead | None, feats: tuple, batch_size: int = 64) -> torch.Tensor:
@@ -147,7 +147,7 @@ def per_item_bits(model: TokenLM, head: DepthHead | None, feats: tuple, batch_si
     out = []
     with torch.no_grad():
         for i in range(0, len(h), batch_size):
-            out.append(cell_nll(model, head, h[i : i + batch_size].to(device), seq[i : i + batch_size].to(device),
+            out.append(item_nll(model, head, h[i : i + batch_size].to(device), seq[i : i + batch_size].to(device),
                                 pat.to(device)).cpu())
     frames = pat.revert(seq[:1]).shape[-1]
     return torch.cat(out) / math.log(2) / frames
@@ -170,7 +170,7 @@ def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: Dept
         order, total = torch.randperm(len(h), generator=gen), 0.0
         for i in range(0, len(h), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = cell_nll(model, head, h[idx].to(device), seq[idx].to(device), pat_d).sum() / (len(idx) * frames)
+            loss = item_nll(model, head, h[idx].to(device), seq[idx].to(device), pat_d).sum() / (len(idx) * frames)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,7 +186,7 @@ def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: Dept
     return head.eval(), history
 
 
-def factorisation_gap(model: TokenLM, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
+def factorization_gap(model: TokenLM, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
                       cfg: DepthConfig = DepthConfig(), window: int | None = None) -> tuple[dict, DepthHead]:
     """The instrument: depth heads with and without the prefix trained on `train` codes [n, k, t]
     (at most cfg.max_train_windows of its windows), early-stopped on `valid`, scored on `test` (all

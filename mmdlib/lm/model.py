@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmdlib.train.checkpoint import load_checkpoint
 from mmdlib.patterns import PATTERNS, Pattern, make_pattern, n_slots
 
 
@@ -194,11 +193,19 @@ class TokenLM(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "TokenLM":
-        """The model of a train_lm checkpoint (run_dir/checkpoint.pt), in eval mode on map_location:
-        its best state on held-out data when the run kept one (early stopping), else its last."""
-        state = load_checkpoint(path, "lm")
-        model = cls(LMConfig.from_dict(state["config"]["model"]))
-        model.load_state_dict(state["best"]["model"] if state.get("best") else state["model"])
+        """A model file {"config": LMConfig dict, "model": state_dict} (train_lm writes run_dir/lm.pt,
+        the state with the lowest held-out loss), in eval mode on map_location."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LM file {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # e.g. a training checkpoint (it holds RNG states)
+            raise ValueError(f"{path} is not an LM file ({type(e).__name__}): train_lm writes run_dir/lm.pt") from None
+        if not isinstance(state, dict) or "kind" in state or not {"config", "model"} <= state.keys():
+            raise ValueError(f"{path} is not an LM file (a dict of 'config' and 'model'): train_lm writes run_dir/lm.pt")
+        model = cls(LMConfig.from_dict(state["config"]))
+        model.load_state_dict(state["model"])
         return model.to(map_location).eval()
 
     # The pattern-dependent index tables of the steps `at` = start..end-1, [j, s] long each.

@@ -152,7 +152,7 @@ def _codes_dependence(codes, codebook_size, align, n_surrogates, seed, null, wit
     return out
 
 
-def _normalise(mi: Tensor, entropy: Tensor) -> Tensor:
+def _normalize(mi: Tensor, entropy: Tensor) -> Tensor:
     """NMI = MI / sqrt(H_i H_j), 0 where an entropy is 0."""
     norm = torch.sqrt(entropy[..., :, None] * entropy[..., None, :])
     return torch.where(norm > 0, mi / norm.clamp(min=1e-12), torch.zeros_like(mi))
@@ -180,8 +180,8 @@ def pairwise_mi(codes: Tensor, codebook_size: int, align: str = "none", n_surrog
     dep = _codes_dependence(codes, codebook_size, align, n_surrogates, seed, null, with_tuple=False)
     m, h, hp = _mi(dep), dep["h"].diagonal(), dep["h_plugin"].diagonal()
     sd = m["null"].std(0) if n_surrogates > 1 else torch.zeros_like(m["mi"])
-    return dict(mi=m["mi"], nmi=_normalise(m["mi"], h), mi_null_sd=sd, nmi_null_sd=_normalise(sd, h),
-                mi_uncorrected=m["mi_raw"], mi_plugin=m["mi_plugin"], nmi_plugin=_normalise(m["mi_plugin"], hp),
+    return dict(mi=m["mi"], nmi=_normalize(m["mi"], h), mi_null_sd=sd, nmi_null_sd=_normalize(sd, h),
+                mi_uncorrected=m["mi_raw"], mi_plugin=m["mi_plugin"], nmi_plugin=_normalize(m["mi_plugin"], hp),
                 entropy=h, entropy_plugin=hp, n_samples=dep["n"])
 
 
@@ -211,10 +211,10 @@ def dependence_summary(codes: Tensor, codebook_size: int, n_surrogates: int = 20
     for tag, align in (("lag0", "none"), ("delay", "delay")):
         dep = _codes_dependence(codes, codebook_size, align, n_surrogates, seed, null)
         m, h, hp = _mi(dep), dep["h"].diagonal(), dep["h_plugin"].diagonal()
-        null_nmi = _mean_off_diagonal(_normalise(m["null"], h))  # [R]
+        null_nmi = _mean_off_diagonal(_normalize(m["null"], h))  # [R]
         null_sum = torch.triu(m["null"], diagonal=1).sum((-2, -1))
-        values = dict(nmi=(_mean_off_diagonal(_normalise(m["mi"], h)), null_nmi,
-                           _mean_off_diagonal(_normalise(m["mi_plugin"], hp))),
+        values = dict(nmi=(_mean_off_diagonal(_normalize(m["mi"], h)), null_nmi,
+                           _mean_off_diagonal(_normalize(m["mi_plugin"], hp))),
                       mi_sum=(torch.triu(m["mi"], diagonal=1).sum(), null_sum, torch.triu(m["mi_plugin"], 1).sum()),
                       total_correlation=(dep["tc"] - (dep["tc_null"].mean() if n_surrogates else 0.0),
                                          dep["tc_null"], dep["tc_plugin"]))

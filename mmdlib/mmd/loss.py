@@ -63,10 +63,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
+from mmdlib import distributed as D
 from mmdlib.mmd.kernels import check_scales, compute_dtype, kernel_mix, no_autocast, sq_dist
 from mmdlib.mmd.expected import mmd2_expected
 from mmdlib.mmd.rff import mmd2_rff, rff_frequencies
@@ -390,16 +390,11 @@ def mmd_independence(
 
 
 def gather_streams(streams: Tensor) -> Tensor:
-    """Pool the streams of all DDP ranks: [b, k, d, t] -> [world·b, k, d, t] (rank order).
-
-    Gradients flow to this rank's slot only (the other slots are detached copies), so each
-    rank back-propagates the pooled loss into its own encoder pass. DDP then averages the
-    ranks' gradients, which gives the gradient of the pooled loss divided by the world size
-    (scale the loss weight by the world size if the exact sum is wanted). All ranks must pass
-    the same shape. Identity when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """Pool the streams of all DDP ranks, `b k d t -> (world b) k d t` in rank order (identity in one
+    process). Only this rank's slot carries gradient, so DDP's mean gradient is the pooled loss's /
+    world size (scale the loss weight by the world size for the sum). Same shape on every rank."""
+    if not D.is_distributed():
         return streams
-    parts = [torch.empty_like(streams) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, streams.detach().contiguous())
-    parts[dist.get_rank()] = streams
+    parts = D.all_gather(streams)
+    parts[D.rank()] = streams
     return torch.cat(parts, dim=0)

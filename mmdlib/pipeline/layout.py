@@ -7,7 +7,7 @@ error they raise when something is missing (PipelineError); reload-or-compute of
       codec_lambda100/                   (one folder per MMD weight λ; `_none` suffix if not delay-aligned)
       tokens/codec_lambda0/{train,valid,test}.pt    02/03: cached codes `n k t` of the data sets
       dependence/codec_lambda0.json  02: MI/NMI matrices, MMD, permutation-test p-value
-      lm/codec_lambda0/delay/        03: checkpoint.pt (train_lm), metrics.json (history, bits/frame),
+      lm/codec_lambda0/delay/        03: lm.pt (the best model), checkpoint.pt (train_lm), metrics.json (history, bits/frame),
                                          depth_head.pt, depth.json (the factorisation gap, mmdlib.lm.depth)
       generate/codec_lambda0/delay/  04: codes.pt, sample*.wav, metrics.json (timing, dependence);
       generate/codec_lambda0/depth/      the joint model: the parallel trunk with its depth head
@@ -16,10 +16,11 @@ error they raise when something is missing (PipelineError); reload-or-compute of
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from mmdlib.train.checkpoint import write_json
 
 
 class PipelineError(ValueError):
@@ -60,14 +61,6 @@ class RunLayout:
 
     def gen(self, lam: float, pattern: str) -> Path:
         return self.root / "generate" / self.codec_name(lam) / pattern
-
-
-def write_json(path: Path, obj) -> None:
-    """Write atomically (a temporary file, then a rename): an interruption leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def read_json(path: Path, how: str = "") -> dict:

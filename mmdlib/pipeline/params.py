@@ -31,6 +31,7 @@ from mmdlib.patterns import PATTERNS
 from mmdlib.pipeline.layout import PipelineError, RunLayout
 from mmdlib.train.checkpoint import MAX_SEED, valid_seed
 from mmdlib.train.config import LM_TRAIN_PRESETS, TRAIN_PRESETS, CodecTrainConfig, LMTrainConfig
+from mmdlib.train.config import check_device as check_device_name
 from mmdlib.train.overrides import apply_overrides, convert, field_type
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (relative paths are resolved here)
@@ -214,11 +215,11 @@ def shown(path: str | Path) -> str:
 
 def check_device(device: str) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'mps', and available here; else a PipelineError saying what to use."""
-    if not isinstance(device, str):
-        raise PipelineError(f"device={device!r}: expected a string such as 'cpu' or 'cuda'")
+    try:
+        check_device_name(device, "")
+    except ValueError as e:
+        raise PipelineError(str(e).strip()) from None
     kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
-        raise PipelineError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise PipelineError(f"device={device!r} but torch sees no CUDA GPU on this machine; "
@@ -344,7 +345,7 @@ def required_artifacts(notebook: str, cfg: PipelineConfig) -> list[tuple[Path, s
     if idx >= 2:  # 02, 03, 04, 05 read the trained codecs
         need += [(layout.codec(lam) / "codec.pt", f"run {_HOW['codec']} (lambdas={lam:g})") for lam in cfg.lambdas]
     if notebook == "04_generate":
-        need += [(layout.lm(lam, p) / "checkpoint.pt", f"run {_HOW['lm']} (lambdas={lam:g}, patterns={p})")
+        need += [(layout.lm(lam, p) / "lm.pt", f"run {_HOW['lm']} (lambdas={lam:g}, patterns={p})")
                  for lam in cfg.lambdas for p in cfg.patterns]
         if DEPTH_TRUNK in cfg.patterns and DEPTH_TRUNK in cfg.gap_patterns:  # the `depth` model's head
             need += [(layout.lm(lam, DEPTH_TRUNK) / "depth_head.pt", f"run {_HOW['lm']} (lambdas={lam:g}, its depth gap)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdlib.pipeline.layout import read_json, write_json
+from mmdlib.pipeline.layout import read_json
+from mmdlib.train.checkpoint import write_json
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
 
 

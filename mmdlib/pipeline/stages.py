@@ -29,17 +29,17 @@ from mmdlib.codec.model import Codec
 from mmdlib.data.audio import save_audio
 from mmdlib.data.datasets import clip_batches, make_dataset
 from mmdlib.eval.metrics import chroma_similarity, fine_structure_r, mel_distance, si_snr, visqol
-from mmdlib.lm.depth import DepthHead, factorisation_gap, generate_depth
+from mmdlib.lm.depth import DepthHead, factorization_gap, generate_depth
 from mmdlib.lm.model import TokenLM, bits_per_codebook
 from mmdlib.lm.sampling import generate
 from mmdlib.mmd.dependence import dependence_summary, pairwise_mi
 from mmdlib.mmd.permutation import permutation_test
 from mmdlib.mmd.loss import mmd_independence
-from mmdlib.pipeline.layout import PipelineError, cached, read_json, write_json
+from mmdlib.pipeline.layout import PipelineError, cached, read_json
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
-from mmdlib.train.checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, load_checkpoint
+from mmdlib.train.checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, load_checkpoint, write_json
 from mmdlib.train.codec import fork_checkpoint, train_codec
-from mmdlib.train.lm import train_lm
+from mmdlib.train.lm import MODEL_FILE, train_lm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,11 +115,11 @@ def load_codec(cfg: PipelineConfig, lam: float) -> Codec:
 
 
 @torch.no_grad()
-def tokenise(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
+def tokenize(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
     """Codes `n k t` (long, CPU) of every clip of a dataset of `1 n` clips."""
     codes = [codec.encode(wav.to(device)).cpu() for wav in clip_batches(ds, batch_size)]
     if not codes:
-        raise PipelineError("tokenise: the dataset is empty")
+        raise PipelineError("tokenize: the dataset is empty")
     return torch.cat(codes)
 
 
@@ -141,7 +141,7 @@ def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = No
     path = cfg.layout.tokens(lam, split)
 
     def compute() -> dict:
-        codes = tokenise(codec or load_codec(cfg, lam), dataset(cfg, split, n_items), device=cfg.device)
+        codes = tokenize(codec or load_codec(cfg, lam), dataset(cfg, split, n_items), device=cfg.device)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(codes, path)
         return {}
@@ -191,7 +191,7 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
                 "train_seconds": time.time() - t0, "n_params": model.num_params(),
                 "codec": cfg.layout.codec_name(lam), "pattern": pattern, "lambda": lam}
 
-    return cached(out / "metrics.json", key, compute, needs=(ckpt,),
+    return cached(out / "metrics.json", key, compute, needs=(ckpt, out / MODEL_FILE),
                   refuse=f"{out} holds an LM trained with another configuration (or on other tokens); delete that "
                          "folder or choose another run_dir")
 
@@ -211,9 +211,9 @@ def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     dcfg = cfg.depth_config()
 
     def compute() -> dict:
-        model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
+        model = TokenLM.load(out / MODEL_FILE, map_location=cfg.device)
         t0 = time.time()
-        gap, head = factorisation_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
+        gap, head = factorization_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
                                       tokens(cfg, lam, "test"), dcfg, lm["train_config"]["seq_frames"])
         torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
         return gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
@@ -229,7 +229,7 @@ def load_depth(cfg: PipelineConfig, lam: float, base: str = DEPTH_TRUNK) -> tupl
     if not (out / "depth_head.pt").is_file():
         raise PipelineError(f"{out}/depth_head.pt is missing: run notebooks/03_train_lm.ipynb with "
                             f"patterns including {base} (its depth head is the `depth` model)")
-    model = TokenLM.load(out / CHECKPOINT, map_location=cfg.device)
+    model = TokenLM.load(out / MODEL_FILE, map_location=cfg.device)
     saved = torch.load(out / "depth_head.pt", map_location=cfg.device)
     head = DepthHead(model, dataclasses.replace(cfg.depth, **saved["config"]))
     head.load_state_dict(saved["state"])
@@ -245,7 +245,7 @@ def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | N
         model, head = load_depth(cfg, lam)
         sample = lambda n, **kw: generate_depth(model, head, n, **kw)  # noqa: E731
     else:
-        model = TokenLM.load(cfg.layout.lm(lam, pattern) / "checkpoint.pt", map_location=cfg.device)
+        model = TokenLM.load(cfg.layout.lm(lam, pattern) / MODEL_FILE, map_location=cfg.device)
         sample = lambda n, **kw: generate(model, n, **kw)  # noqa: E731
     n_frames = max(1, round(cfg.generate.seconds * codec.frame_rate))
     sample(min(n_frames, 4), seed=cfg.seed)  # warm-up: allocator, kernels

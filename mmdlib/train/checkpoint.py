@@ -7,6 +7,9 @@ every RNG state (what an exact resume needs).
     run_dir/checkpoint.pt.prev  the one it replaced: resume from it if the latest is corrupt
     run_dir/train.lock          locked while a training runs in run_dir (LOCK, see run_lock)
 
+The models themselves are apart from these: train_codec's codec.pt (Codec.load), train_lm's lm.pt
+(TokenLM.load). JSON results are written atomically too (write_json).
+
 A checkpoint is a dict with the keys of both loops (KEYS) and each loop's extras:
 
     kind        "codec" (train_codec) or "lm" (train_lm)
@@ -18,13 +21,13 @@ A checkpoint is a dict with the keys of both loops (KEYS) and each loop's extras
                 at the evaluation steps)
     rng         every rank's RNG states (all_rng_states)
     config      {"model": CodecConfig or LMConfig dict, "train": training config dict}
-    extras      codec: "discriminator", "optimizer_d", "balancer" (None when unused); lm: "scheduler"
+    extras      codec: "discriminator", "optimizer_d", "balancer" (None when unused); lm: "scheduler",
+                "best" ({"step", "bits", "model", "stopped"}: the state of the lowest held-out loss)
 
 Resuming (check_resume) compares `config` key by key, except the settings that do not change the
 run (RUN_NEUTRAL: device, progress, cache_dir, eval_batch_size, ckpt_every) and `steps`, which may
 change as long as the checkpoint is not past it (the schedule follows the new `steps` from there).
-Checkpoints of the former layouts (train_codec's codec/opt/codec_config keys, train_lm's ckpt.pt
-with lm_config and a dict-of-lists history) are read into this one by load_checkpoint.
+The loops restore and save checkpoints through `mmdlib.train.loop` (restore, save).
 """
 from __future__ import annotations
 
@@ -135,6 +138,16 @@ def atomic_save(obj, path: str | Path, keep_previous: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: str | Path, obj) -> None:
+    """json.dumps(obj, indent=1) to `path`, atomically (a temporary file, then a rename): an
+    interruption leaves the previous file. Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write a training checkpoint (a dict with KEYS) atomically; the one it replaces stays as
@@ -155,9 +168,8 @@ def _advice(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, kind: str) -> dict:
-    """The checkpoint at `path` of loop `kind` ("codec" or "lm"), in today's layout (KEYS), on the
-    CPU (load_state_dict copies to the model's device; RNG states must be CPU tensors). A truncated
-    or corrupt file raises a CheckpointError naming it and what to do."""
+    """The checkpoint at `path` of loop `kind` ("codec" or "lm"), on the CPU (load_state_dict
+    copies to the model's device; RNG states must be CPU tensors). A truncated or corrupt file raises a CheckpointError naming it and what to do."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -166,30 +178,11 @@ def load_checkpoint(path: str | Path, kind: str) -> dict:
     except Exception as e:  # truncated zip, bad pickle, empty file, ...
         raise CheckpointError(f"{path} cannot be read: it is truncated or corrupt ({type(e).__name__}: {e}). "
                               f"{_advice(path)}") from None
-    state = _upgrade(state)
     if not isinstance(state, dict) or state.get("kind") not in LOOPS:
         raise CheckpointError(f"{path} is not a training checkpoint (no {list(KEYS)}). {_advice(path)}")
     if state["kind"] != kind:
         raise CheckpointError(f"{path} is a {LOOPS[state['kind']]} checkpoint, not a {LOOPS[kind]} one: "
                               "use another run_dir")
-    return state
-
-
-def _upgrade(state):
-    """A checkpoint of the former layouts in today's (train_codec: codec/opt/disc/opt_d/
-    train_config/codec_config; train_lm: lm_config/train_config and a dict-of-lists history)."""
-    if not isinstance(state, dict) or "kind" in state:
-        return state
-    if "codec_config" in state:
-        return {"kind": "codec", "model": state["codec"], "optimizer": state["opt"], "step": state["step"],
-                "history": state["history"], "rng": state["rng"],
-                "config": {"model": state["codec_config"], "train": state["train_config"]},
-                "discriminator": state.get("disc"), "optimizer_d": state.get("opt_d"),
-                "balancer": state.get("balancer")}
-    if "lm_config" in state:
-        return {"kind": "lm", "model": state["model"], "optimizer": state["optimizer"],
-                "scheduler": state["scheduler"], "step": state["step"], "history": history_rows(state["history"]),
-                "rng": state["rng"], "config": {"model": state["lm_config"], "train": state["train_config"]}}
     return state
 
 
@@ -201,17 +194,6 @@ def use_previous(path: str | Path) -> Path:
         raise FileNotFoundError(f"{prev} does not exist: there is no previous checkpoint to resume from")
     os.replace(prev, path)
     return path
-
-
-def history_rows(history: list[dict] | dict) -> list[dict]:
-    """A history as its list of rows; converts train_lm's former dict of lists ("step", "loss",
-    "lr" per step; "valid_step", "valid_bits_per_frame" per evaluation)."""
-    if isinstance(history, list):
-        return history
-    rows = {s: {"step": s, "loss": l, "lr": r} for s, l, r in zip(history["step"], history["loss"], history["lr"])}
-    for s, v in zip(history["valid_step"], history["valid_bits_per_frame"]):
-        rows.setdefault(s, {"step": s})["valid_bits_per_frame"] = v
-    return list(rows.values())
 
 
 # -- configurations --------------------------------------------------------------------------------

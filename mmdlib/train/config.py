@@ -17,6 +17,14 @@ from mmdlib.mmd.loss import MMDConfig
 from mmdlib.train.checkpoint import valid_seed
 
 
+def check_device(device: str, who: str) -> None:
+    """'cpu', 'cuda', 'cuda:N' or 'mps' ('cpu:N' too, as torch takes it); whether this machine has it is
+    checked when training starts."""
+    kind, _, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind in ("cpu", "cuda") and index.isdigit())):
+        raise ValueError(f"{who} device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'mps'".lstrip())
+
+
 @dataclass
 class CodecTrainConfig:
     ALIASES: ClassVar[dict[str, str]] = {"mmd_align": "mmd.align"}  # short names of `--set` keys
@@ -75,6 +83,7 @@ class CodecTrainConfig:
                 raise ValueError(f"training parameter {name}={getattr(self, name)} must be >= 1")
         if not valid_seed(self.seed):
             raise ValueError(f"training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
+        check_device(self.device, "training parameter")
         if self.segment_seconds <= 0:
             raise ValueError(f"training parameter segment_seconds={self.segment_seconds} must be > 0")
         if isinstance(self.model, dict):  # from a checkpoint or JSON
@@ -147,6 +156,7 @@ class LMTrainConfig:
                 raise ValueError(f"LM training parameter {name}={v!r} must be an integer >= 1")
         if not valid_seed(self.seed):
             raise ValueError(f"LM training parameter seed={self.seed!r} must be an integer in 0..2**31-1")
+        check_device(self.device, "LM training parameter")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"LM training parameter patience={self.patience!r} must be an integer >= 0")
         if self.warmup < 0 or not (self.lr > 0) or not 0 <= self.min_lr_ratio <= 1:

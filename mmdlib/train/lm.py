@@ -2,10 +2,11 @@
 
 Single process, or DDP under torchrun (same code path, see `distributed.py`). run_dir/checkpoint.pt
 (the layout of `checkpoint.py`, shared with train_codec) holds everything needed to resume exactly:
-model, optimiser, scheduler, step, history and every rank's RNG states; a resume into another
-configuration is refused, naming the settings that differ. The batch of step i is a pure function
-of (seed, i, rank): the items come from a DistributedSampler epoch permutation, the crop offsets
-from a generator seeded with checkpoint.batch_seed(seed, i, rank), so resuming needs no
+model, optimiser, scheduler, step, history, best state and every rank's RNG states; a resume into
+another configuration is refused, naming the settings that differ. run_dir/lm.pt (MODEL_FILE) holds
+the model alone, its best state so far: `TokenLM.load(run_dir / "lm.pt")`. The batch of step i is
+a pure function of (seed, i, rank): the items come from a DistributedSampler epoch permutation, the
+crop offsets from a generator seeded with checkpoint.batch_seed(seed, i, rank), so resuming needs no
 data-loader state.
 
     torchrun --nproc_per_node 2 -m mmdlib.train_lm --train train.pt --valid valid.pt --run-dir runs/lm
@@ -13,20 +14,21 @@ data-loader state.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from mmdlib import distributed as ddp
-from mmdlib.train.checkpoint import (CHECKPOINT, all_rng_states, batch_seed, check_resume, load_checkpoint, locks_run_dir,
-                         restore_rng_states, save_checkpoint)
-from mmdlib.lm.model import LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
+from mmdlib import distributed as D
+from mmdlib.lm.model import LM_PRESETS, LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
+from mmdlib.train.checkpoint import CHECKPOINT, atomic_save, batch_seed, locks_run_dir
 from mmdlib.train.config import LM_TRAIN_PRESETS, LMTrainConfig
+from mmdlib.train.loop import restore, save
+from mmdlib.train.overrides import apply_overrides
+
+MODEL_FILE = "lm.pt"  # in the run directory: {"config": LMConfig dict, "model": best state_dict} (TokenLM.load)
 
 
 def lr_factor(step: int, cfg: LMTrainConfig) -> float:
@@ -76,19 +78,11 @@ def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int)
         raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
 
 
-def _save(path: Path, model, opt, sched, step: int, history: list[dict], config: dict, best: dict | None):
-    """Collective under DDP (gathers every rank's RNG states); rank 0 writes. best: {"step",
-    "bits", "model", "stopped"}: the state with the lowest held-out loss so far."""
-    rng = all_rng_states()
-    if ddp.is_main():
-        save_checkpoint(path, {"kind": "lm", "model": ddp.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "step": step, "history": history, "rng": rng,
-                               "config": config, "best": best})
-
-
-def load_lm(path: str | Path, device: str = "cpu") -> TokenLM:
-    """The model of a train_lm checkpoint: `TokenLM.load(path, device)`."""
-    return TokenLM.load(path, device)
+def save_model(path: Path, lm_cfg: LMConfig, model: TokenLM, best: dict | None) -> None:
+    """The model file (MODEL_FILE): its best state so far (the last without an evaluation yet),
+    atomically, rank 0."""
+    if D.is_main():
+        atomic_save({"config": lm_cfg.to_dict(), "model": best["model"] if best else model.state_dict()}, path)
 
 
 @locks_run_dir
@@ -104,8 +98,8 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step): the
     held-out clips scored in windows of seq_frames, the length the model trains on.
     Early stopping: the state with the lowest held-out loss is kept (checkpoint key "best"; the
-    returned model and TokenLM.load use it); with patience > 0, training stops after that many
-    evaluations without improvement.
+    returned model and run_dir/lm.pt, written at every checkpoint and at the end, hold it); with
+    patience > 0, training stops after that many evaluations without improvement.
     The run holds run_dir/train.lock; resuming checks the configuration (checkpoint.check_resume:
     only device, progress, eval_batch_size, ckpt_every and a `steps` not below the checkpoint's
     step may change)."""
@@ -113,48 +107,39 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
     _check_tokens("tokens_valid", tokens_valid, lm_cfg, 1)
     if (labels_train is not None or labels_valid is not None) and not lm_cfg.n_classes:
         raise ValueError("labels given but lm_cfg.n_classes == 0")
-    device = ddp.setup(train_cfg.device)
-    rank, world = ddp.rank(), ddp.world_size()
+    device = D.setup(train_cfg.device)
+    rank, world = D.rank(), D.world_size()
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
     config = {"model": lm_cfg.to_dict(), "train": train_cfg.to_dict()}
-    if ddp.is_main():
+    if D.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(train_cfg.seed + rank)
     model = TokenLM(lm_cfg).to(device)
     opt = make_optimizer(model, train_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, train_cfg))
-    step, history, best = 0, [], None
-    found = next((p for p in (ckpt, run_dir / "ckpt.pt") if p.is_file()), None)  # ckpt.pt: its former name
-    if found is not None:
-        state = load_checkpoint(found, "lm")
-        check_resume(state, config, train_cfg.steps, found)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, history, best = state["step"], state["history"], state.get("best")
-        restore_rng_states(state["rng"])
-        if found != ckpt:  # carried over to the new name and layout
-            _save(ckpt, model, opt, sched, step, history, config, best)
-    ddp.allow_tf32(device, train_cfg.amp)
-    net = ddp.wrap_ddp(model, device)
+    state = {"model": model, "optimizer": opt, "scheduler": sched}
+    start, history, extras = restore(ckpt, "lm", config, train_cfg.steps, **state)
+    step = start
+    best = extras.get("best")  # {"step", "bits", "model", "stopped"}: the lowest held-out loss so far
+    D.allow_tf32(device, train_cfg.amp)
+    net = D.wrap_ddp(model, device)
     valid_items = torch.arange(rank, len(tokens_valid), world)  # each rank evaluates a shard
 
     def evaluate() -> float:
         lab = None if labels_valid is None else labels_valid[valid_items]
         nats, frames = nll_sum(model, tokens_valid[valid_items], train_cfg.eval_batch_size, lab, train_cfg.seq_frames)
         tot = torch.tensor([nats, frames], dtype=torch.float64, device=device)
-        if ddp.is_distributed():
-            dist.all_reduce(tot)
+        D.all_reduce(tot)
         return float(tot[0] / math.log(2) / tot[1])
 
     end = train_cfg.steps if stop_after is None else min(train_cfg.steps, stop_after)
-    bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and ddp.is_main()), desc="lm")
+    bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and D.is_main()), desc="lm")
     model.train()
     while step < end and not (best and best["stopped"]):
         codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
-        with ddp.autocast(device, train_cfg.amp):  # bf16 forward when amp
+        with D.autocast(device, train_cfg.amp):  # bf16 forward when amp
             nll, n_codes = sequence_nll(net, codes.to(device), None if labels is None else labels.to(device))
         loss = nll / n_codes
         opt.zero_grad(set_to_none=True)
@@ -165,7 +150,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         opt.step()
         sched.step()
         step += 1
-        loss_value = float(ddp.all_reduce_mean(loss.detach()))
+        loss_value = float(D.all_reduce_mean(loss.detach()))
         row = {"step": step, "loss": loss_value, "lr": lr}
         history.append(row)
         bar.update(1)
@@ -177,11 +162,14 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             evals_since = sum(1 for r in history if "valid_bits_per_frame" in r and r["step"] > best["step"])
             best["stopped"] = bool(train_cfg.patience) and evals_since >= train_cfg.patience
-            if train_cfg.progress and ddp.is_main():
+            if train_cfg.progress and D.is_main():
                 bar.write(f"step {step}: valid {bpf:.3f} bits/frame" + (" (stopping early)" if best["stopped"] else ""))
         if step % train_cfg.ckpt_every == 0 or step == end or (best and best["stopped"]):
-            _save(ckpt, net, opt, sched, step, history, config, best)
+            save(ckpt, "lm", step, history, config, extras={"best": best}, **state)
+            save_model(run_dir / MODEL_FILE, lm_cfg, model, best)
     bar.close()
+    if step == start:  # nothing trained (a finished run): its model file, from the checkpoint
+        save_model(run_dir / MODEL_FILE, lm_cfg, model, best)
     if best is not None:
         model.load_state_dict(best["model"])
     return model, history
@@ -192,23 +180,31 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train", required=True, help="torch.save'd long tensor [n, k, t]")
     p.add_argument("--valid", required=True, help="torch.save'd long tensor [n, k, t]")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--lm", default="tiny", help="LM preset")
+    p.add_argument("--lm", default="tiny", choices=sorted(LM_PRESETS), help="LM preset")
     p.add_argument("--train-preset", default="tiny", choices=sorted(LM_TRAIN_PRESETS))
     p.add_argument("--pattern", default=None)
     p.add_argument("--codebook-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--steps", help="the same as --set steps=...")
+    p.add_argument("--device", help="the same as --set device=...")
+    p.add_argument("--seed", help="the same as --set seed=...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (+ TF32 on CUDA)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override LMTrainConfig fields (lr=3e-4 patience=2) or, prefixed with model., LMConfig "
+                        "fields (model.dim=256 model.n_layers=6)")
     a = p.parse_args(argv)
     tr, va = torch.load(a.train), torch.load(a.valid)
-    over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
     if a.codebook_size is not None and a.codebook_size < 1:
         p.error(f"--codebook-size must be >= 1, got {a.codebook_size}")
+    over = {"n_q": tr.shape[1]} | ({"pattern": a.pattern} if a.pattern else {})
     over |= {"codebook_size": a.codebook_size} if a.codebook_size is not None else {}
-    lm_cfg = lm_config(a.lm, **over)
-    train_cfg = dataclasses.replace(LM_TRAIN_PRESETS[a.train_preset],
-                                    **{k: v for k, v in [("steps", a.steps), ("device", a.device)] if v is not None},
-                                    **({"amp": True} if a.amp else {}))
+    shortcuts = [f"{k}={v}" for k, v in (("steps", a.steps), ("device", a.device), ("seed", a.seed)) if v is not None]
+    shortcuts += ["amp=true"] if a.amp else []
+    items = shortcuts + a.set
+    try:  # one parser: model.* to the LM's architecture, the rest to its training
+        lm_cfg = apply_overrides(lm_config(a.lm, **over), [i.removeprefix("model.") for i in items if i.startswith("model.")])
+        train_cfg = apply_overrides(LM_TRAIN_PRESETS[a.train_preset], [i for i in items if not i.startswith("model.")])
+    except ValueError as e:
+        p.error(str(e))
     _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir)
-    ddp.cleanup()
+    D.cleanup()
     return history

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmdlib.lm.depth import (DepthConfig, DepthHead, copy_gap_bits, copy_tokens, factorisation_gap, generate_depth,
+from mmdlib.lm.depth import (DepthConfig, DepthHead, copy_gap_bits, copy_tokens, factorization_gap, generate_depth,
                           per_item_bits, trunk_features)
 from mmdlib.lm.model import TokenLM, lm_config, nll_sum
 
@@ -39,9 +39,9 @@ def test_instrument_recovers_known_dependence(pattern, align):
     """Independent codes: gap ~ 0. Copy dependence inside the pattern's tuple: the analytic gap (15 %)."""
     model = tiny_lm(pattern)
     split = lambda p, seed, n: copy_tokens(n, K, 40, V, p, align, seed)  # noqa: E731
-    indep, _ = factorisation_gap(model, split(0.0, 1, 160), split(0.0, 2, 40), split(0.0, 3, 40), FAST, 20)
+    indep, _ = factorization_gap(model, split(0.0, 1, 160), split(0.0, 2, 40), split(0.0, 3, 40), FAST, 20)
     assert abs(indep["gap_bits"]) < max(0.05, 3 * indep["gap_se"])
-    dep, _ = factorisation_gap(model, split(0.6, 1, 160), split(0.6, 2, 40), split(0.6, 3, 40), FAST, 20)
+    dep, _ = factorization_gap(model, split(0.6, 1, 160), split(0.6, 2, 40), split(0.6, 3, 40), FAST, 20)
     true = copy_gap_bits(V, 0.6, K) * (1 if pattern == "parallel" else 19 / 20)  # delay: a window's last frame has no partner
     assert dep["gap_bits"] == pytest.approx(true, rel=0.15)
     assert dep["depth_bits"] < dep["factorised_bits"] <= dep["lm_bits"] + 0.05

@@ -299,14 +299,36 @@ def test_load_round_trip(tmp_path):
     tr, va, lm_cfg = tiny_setup("flatten")
     cfg = LMTrainConfig(steps=2, batch_size=2, seq_frames=12, eval_every=2, progress=False)
     model, _ = train_lm(tr, va, lm_cfg, cfg, tmp_path)
-    loaded = TokenLM.load(tmp_path / "checkpoint.pt")
+    loaded = TokenLM.load(tmp_path / "lm.pt")
     assert loaded.cfg == lm_cfg and not loaded.training
     assert model.state_dict().keys() == loaded.state_dict().keys()
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     assert torch.equal(generate(model, 5, seed=1), generate(loaded, 5, seed=1))
     torch.save({"config": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt is not a training checkpoint"):
+    with pytest.raises(ValueError, match="other.pt is not an LM file"):
         TokenLM.load(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt is not an LM file .* train_lm writes run_dir/lm.pt"):
+        TokenLM.load(tmp_path / "checkpoint.pt")  # the training checkpoint: not a model file
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        TokenLM.load(tmp_path / "missing.pt")
+
+
+def test_model_file_holds_the_best_state_so_far(tmp_path):
+    """run_dir/lm.pt ({"config", "model"}) comes with every checkpoint: the last state before the first
+    evaluation, then the best; a finished run started again writes it from its checkpoint."""
+    tr, va, lm_cfg = tiny_setup()
+    cfg = LMTrainConfig(steps=6, batch_size=2, seq_frames=12, eval_every=2, ckpt_every=1, progress=False)
+    load = lambda name: torch.load(tmp_path / name, weights_only=False)  # noqa: E731
+    same = lambda a, b: all(torch.equal(v, b[k]) for k, v in a.items())  # noqa: E731
+    train_lm(tr, va, lm_cfg, cfg, tmp_path, stop_after=1)  # no evaluation yet
+    assert load("lm.pt").keys() == {"config", "model"} and load("lm.pt")["config"] == lm_cfg.to_dict()
+    assert same(load("lm.pt")["model"], load("checkpoint.pt")["model"])
+    train_lm(tr, va, lm_cfg, cfg, tmp_path, stop_after=3)  # evaluated at step 2
+    assert load("checkpoint.pt")["best"]["step"] == 2 and same(load("lm.pt")["model"], load("checkpoint.pt")["best"]["model"])
+    train_lm(tr, va, lm_cfg, cfg, tmp_path)
+    (tmp_path / "lm.pt").unlink()
+    model, _ = train_lm(tr, va, lm_cfg, cfg, tmp_path)  # finished: trains nothing, writes lm.pt again
+    assert same(TokenLM.load(tmp_path / "lm.pt").state_dict(), model.state_dict())
 
 
 def test_training_and_evaluation_share_one_loss(tmp_path):
@@ -346,7 +368,7 @@ def test_paper_lm_preset_trains_and_generates_on_cpu(tmp_path):
     # untrained: about ln 2048 nats per code, log2(2048) x 4 bits per frame on uniform codes
     assert history[0]["loss"] == pytest.approx(math.log(2048), abs=0.6)
     assert history[-1]["valid_bits_per_frame"] == pytest.approx(44.0, abs=3.0)
-    codes = generate(TokenLM.load(tmp_path / "checkpoint.pt"), n_frames=6, batch_size=2)
+    codes = generate(TokenLM.load(tmp_path / "lm.pt"), n_frames=6, batch_size=2)
     assert codes.shape == (2, 4, 6) and 0 <= int(codes.min()) and int(codes.max()) < 2048
 
 
@@ -360,7 +382,7 @@ def test_windows_cut_clips_at_the_training_length():
 
 def test_early_stopping_keeps_the_best_state(tmp_path):
     """Two random training clips: the LM over-fits them, the held-out loss turns up, training stops
-    `patience` evaluations after the best one, and the returned model, the checkpoint's and a rerun
+    `patience` evaluations after the best one, and the returned model, the model file's and a rerun
     are that best state."""
     torch.manual_seed(0)
     train, valid = torch.randint(0, 8, (2, 2, 20)), torch.randint(0, 8, (16, 2, 20))
@@ -372,7 +394,7 @@ def test_early_stopping_keeps_the_best_state(tmp_path):
     best_step, best_bits = min(evals, key=lambda e: e[1])
     assert hist[-1]["step"] < tcfg.steps and hist[-1]["step"] == best_step + 2 * tcfg.eval_every
     assert evaluate_bits_per_frame(model, valid, window=10) == pytest.approx(best_bits, rel=1e-5)
-    loaded = TokenLM.load(tmp_path / "checkpoint.pt")
+    loaded = TokenLM.load(tmp_path / "lm.pt")
     assert evaluate_bits_per_frame(loaded, valid, window=10) == pytest.approx(best_bits, rel=1e-5)
     _, again = train_lm(train, valid, lm_cfg, tcfg, tmp_path)   # a stopped run stays stopped
     assert len(again) == len(hist)

@@ -1,5 +1,6 @@
 """The training skeleton of checkpoint.py: atomic saves that keep the previous checkpoint, clear
-errors for corrupt files and other configurations, former layouts, the run-directory lock."""
+errors for corrupt files and other configurations, atomic JSON, the run-directory lock."""
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from mmdlib.train.checkpoint import (CheckpointError, RunDirLocked, batch_seed, check_same_config, config_diff,
-                               history_rows, load_checkpoint, run_lock, save_checkpoint, use_previous)
+                                     load_checkpoint, run_lock, save_checkpoint, use_previous, write_json)
 
 
 def state(step: int, kind: str = "lm") -> dict:
@@ -51,24 +52,12 @@ def test_corrupt_or_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pt", "lm")
 
 
-def test_former_layouts_are_read(tmp_path):
-    old_lm = {"model": {}, "optimizer": {}, "scheduler": {}, "step": 3, "rng": [], "lm_config": {"dim": 8},
-              "train_config": {"lr": 1.0},
-              "history": {"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "lr": [0.1, 0.2, 0.3],
-                          "valid_step": [2, 3], "valid_bits_per_frame": [9.0, 8.0]}}
-    torch.save(old_lm, tmp_path / "ckpt.pt")
-    new = load_checkpoint(tmp_path / "ckpt.pt", "lm")
-    assert new["config"] == {"model": {"dim": 8}, "train": {"lr": 1.0}} and new["scheduler"] == {}
-    assert new["history"] == [{"step": 1, "loss": 3.0, "lr": 0.1},
-                              {"step": 2, "loss": 2.0, "lr": 0.2, "valid_bits_per_frame": 9.0},
-                              {"step": 3, "loss": 1.0, "lr": 0.3, "valid_bits_per_frame": 8.0}]
-    assert history_rows(new["history"]) is new["history"]
-    old_codec = {"step": 2, "codec": {"a": 1}, "opt": {"b": 2}, "disc": None, "opt_d": None, "balancer": None,
-                 "rng": [], "history": [{"step": 2}], "train_config": {"lr": 1.0}, "codec_config": {"n_q": 4}}
-    torch.save(old_codec, tmp_path / "checkpoint.pt")
-    new = load_checkpoint(tmp_path / "checkpoint.pt", "codec")
-    assert (new["model"], new["optimizer"], new["discriminator"]) == ({"a": 1}, {"b": 2}, None)
-    assert new["config"] == {"model": {"n_q": 4}, "train": {"lr": 1.0}}
+def test_write_json_is_atomic_and_indented(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    write_json(path, {"a": [1, 2]})
+    assert path.read_text() == json.dumps({"a": [1, 2]}, indent=1)
+    write_json(path, {"b": 1})
+    assert json.loads(path.read_text()) == {"b": 1} and [p.name for p in path.parent.iterdir()] == ["metrics.json"]
 
 
 def test_config_differences_are_named():

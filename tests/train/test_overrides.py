@@ -65,3 +65,28 @@ def test_python_values_are_checked_against_the_type():
     assert cfg.betas == (0.5,) and cfg.lr == 1.0 and type(cfg.lr) is float and cfg.mmd.scales == (1.0, 10.0)
     with pytest.raises(ValueError, match="steps=True: expected an integer"):
         apply_overrides(base, {"steps": True})
+
+
+def test_both_command_lines_take_set_device_and_seed(tmp_path, capsys):
+    """--device and --seed as the docs show them, and --set for train_lm too (model.* is the LM's
+    architecture), all through the one parser."""
+    import torch
+
+    from mmdlib.train.lm import main as train_lm_main
+
+    with pytest.raises(SystemExit) as e:
+        train_codec_main(["--run-dir", str(tmp_path / "c"), "--device", "gpu"])
+    assert e.value.code == 2 and "device" in capsys.readouterr().err
+    codes = torch.randint(0, 16, (4, 2, 24), generator=torch.Generator().manual_seed(0))
+    torch.save(codes, tmp_path / "train.pt")
+    history = train_lm_main(["--train", str(tmp_path / "train.pt"), "--valid", str(tmp_path / "train.pt"),
+                             "--run-dir", str(tmp_path / "lm"), "--codebook-size", "16", "--seed", "3",
+                             "--set", "steps=2", "seq_frames=16", "eval_every=2", "warmup=1", "progress=false",
+                             "model.dim=32", "model.n_layers=1"])
+    assert [r["step"] for r in history] == [1, 2]
+    saved = torch.load(tmp_path / "lm" / "lm.pt")
+    assert saved["config"]["dim"] == 32 and saved["config"]["n_layers"] == 1
+    with pytest.raises(SystemExit) as e:
+        train_lm_main(["--train", str(tmp_path / "train.pt"), "--valid", str(tmp_path / "train.pt"),
+                       "--run-dir", str(tmp_path / "lm2"), "--set", "model.dimm=3"])
+    assert e.value.code == 2 and "unknown parameter 'dimm' of LMConfig" in capsys.readouterr().err

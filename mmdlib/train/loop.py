@@ -1,0 +1,46 @@
+"""Restore and save a training over named state, shared by train_codec and train_lm.
+
+    step, history, extras = restore(path, "lm", config, cfg.steps, model=model, optimizer=opt, scheduler=sched)
+    ...
+    save(path, "lm", step, history, config, extras={"best": best}, model=model, optimizer=opt, scheduler=sched)
+
+Each name is a checkpoint key (mmdlib.train.checkpoint: KEYS and each loop's extras) and each object
+has state_dict / load_state_dict; None stands for a part the run does not use (saved as None, not
+restored). `extras` are plain values saved beside them (train_lm's "best").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdlib import distributed as D
+from mmdlib.train.checkpoint import KEYS, all_rng_states, check_resume, load_checkpoint, restore_rng_states, save_checkpoint
+
+
+def restore(path: str | Path, kind: str, config: dict, steps: int, **state) -> tuple[int, list[dict], dict]:
+    """Resume from the checkpoint `path` of loop `kind`, if there is one: check that it was written
+    with `config` ({"model": ..., "train": ...}; check_resume) and is not past `steps`, load each named
+    object's state and this rank's RNG states. Returns (steps done, history, the checkpoint's other
+    keys), or (0, [], {}) without a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        return 0, [], {}
+    ckpt = load_checkpoint(path, kind)
+    check_resume(ckpt, config, steps, path)
+    for name, obj in state.items():
+        if obj is not None:
+            obj.load_state_dict(ckpt[name])
+    restore_rng_states(ckpt["rng"])
+    extras = {k: v for k, v in ckpt.items() if k not in KEYS and k not in state}
+    return ckpt["step"], ckpt["history"], extras
+
+
+def save(path: str | Path, kind: str, step: int, history: list[dict], config: dict, extras: dict | None = None,
+         **state) -> None:
+    """Write the checkpoint of loop `kind` at `step`: each named object's state_dict (None: None),
+    `extras`, and every rank's RNG states. A collective under DDP (every rank calls it; rank 0 writes,
+    atomically, keeping the file it replaces as path.prev)."""
+    rng = all_rng_states()
+    if D.is_main():
+        save_checkpoint(path, {"kind": kind, "step": step, "history": history, "rng": rng, "config": config,
+                               **{name: None if obj is None else obj.state_dict() for name, obj in state.items()},
+                               **(extras or {})})
