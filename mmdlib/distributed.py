@@ -111,3 +111,14 @@ def allow_tf32(device: torch.device, enabled: bool) -> None:
     if enabled and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Pool `t` of every rank along dim 0 in rank order (identity in one process); only this rank's
+    slot carries gradient, so DDP's mean gradient is the pooled loss's / world size (scale the loss
+    weight by the world size for the sum). Same shape on every rank."""
+    if not is_distributed():
+        return t
+    parts = all_gather(t)
+    parts[rank()] = t
+    return torch.cat(parts, dim=0)

@@ -144,8 +144,9 @@ class Codec(nn.Module):
             wav_hat, logmag, advance = self.decoder(q.quantized), None, None
         return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag, advance)  # float32 audio under autocast
 
-    def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
-        """Residual streams `b k d t` with gradient to the encoder, quantizer buffers untouched.
+    def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False, streams: str = "residual") -> torch.Tensor:
+        """The streams `b k d t` (`streams`: "residual", "input" or "codeword", see ResidualVQ.forward)
+        with gradient to the encoder, quantizer buffers untouched.
 
         `checkpoint=True` recomputes encoder activations in backward (the macro-batch MMD)."""
         wav = self._check(wav)
@@ -156,7 +157,7 @@ class Codec(nn.Module):
         was_training = self.quantizer.training
         self.quantizer.eval()  # no EMA update, no restart: this is a second look at seen data
         try:
-            return self.quantizer(z).streams
+            return self.quantizer(z, streams=streams).streams
         finally:
             self.quantizer.train(was_training)
 

@@ -60,6 +60,9 @@ class QuantizerConfig:
                              f"got {self.threshold_ema_dead_code} and {self.commitment_weight}")
 
 
+STREAMS = ("residual", "input", "codeword")  # what ResidualVQ.forward returns as the MMD's streams
+
+
 def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """`n d, v d -> n`: index of the closest codebook row, ||x||^2 - 2 x.c + ||c||^2 via a matmul."""
     dist2 = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)
@@ -193,7 +196,7 @@ class VectorQuantizer(nn.Module):
 class QuantizerOutput:
     quantized: torch.Tensor    # b d t, sum of the first n_q stages, straight-through to x
     codes: torch.Tensor        # b k t (long), all K stages (see ResidualVQ.forward)
-    streams: torch.Tensor      # b k d t (float32), residual r_k after stage k, gradient to x
+    streams: torch.Tensor      # b k d t (float32), r_k after stage k (or r_{k-1}, q_k: `streams`), gradient to x
     commit_loss: torch.Tensor  # scalar, commitment_weight * mean over the n_q used stages
     n_q: int                   # stages summed into `quantized`
 
@@ -218,8 +221,13 @@ class ResidualVQ(nn.Module):
         D.broadcast(n)
         return int(n)
 
-    def forward(self, x: torch.Tensor, n_q: int | None = None) -> QuantizerOutput:
+    def forward(self, x: torch.Tensor, n_q: int | None = None, streams: str = "residual") -> QuantizerOutput:
         """`b d t -> QuantizerOutput`.
+
+        streams (STREAMS: the three definitions in the history of the paper's public code, each with
+        its gradient path; every one reaches x as the identity): "residual" r_k = r_{k-1} - sg(q_k),
+        the residual after stage k (its final code); "input" r_{k-1}, what stage k quantizes; "codeword"
+        the value q_k with the gradient of r_k (straight through; the code of the ICML runs).
 
         n_q: stages summed into `quantized` (default: all K, or, in training with
         quantizer_dropout, a random n in [1, K] per call). Whatever n_q, all K stages run on the
@@ -228,6 +236,8 @@ class ResidualVQ(nn.Module):
         do not contribute to `quantized`. In training, every stage still gets its k-means init.
         """
         self._check_latents(x)
+        if streams not in STREAMS:
+            raise ValueError(f"streams={streams!r}: expected one of {STREAMS}")
         if n_q is None:
             dropout = self.training and self.cfg.quantizer_dropout
             n_q = self._sample_n_q(x.device) if dropout else self.cfg.n_q
@@ -236,13 +246,14 @@ class ResidualVQ(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = rearrange(x.float(), "b d t -> (b t) d")
             residual, quantized = z, torch.zeros_like(z)
-            codes, streams, losses = [], [], []
+            codes, kept, losses = [], [], []
             for k, layer in enumerate(self.layers):
                 used = k < n_q
                 q, c, loss = layer(residual, update=used)
-                residual = residual - q                   # r_k = r_{k-1} - sg(q_k): q has no grad
+                before, residual = residual, residual - q  # r_k = r_{k-1} - sg(q_k): q has no grad
                 codes.append(c)
-                streams.append(residual)
+                kept.append(residual if streams == "residual" else before if streams == "input"
+                            else residual + (q - residual).detach())  # codeword: value q_k, gradient of r_k
                 if used:
                     quantized = quantized + q
                     losses.append(loss)
@@ -250,7 +261,7 @@ class ResidualVQ(nn.Module):
         return QuantizerOutput(
             quantized=rearrange(quantized, "(b t) d -> b d t", b=b).to(x.dtype),
             codes=rearrange(torch.stack(codes, 1), "(b t) k -> b k t", b=b),
-            streams=rearrange(torch.stack(streams, 1), "(b t) k d -> b k d t", b=b),
+            streams=rearrange(torch.stack(kept, 1), "(b t) k d -> b k d t", b=b),
             commit_loss=self.cfg.commitment_weight * torch.stack(losses).mean(),
             n_q=n_q,
         )

@@ -3,16 +3,15 @@ product of their marginals (Lemercier et al. 2024).
 
 Read top to bottom:
 
-1. `streams_to_samples`: residual streams `b k d t` -> samples `n k d`, n = b·t. Every
-   (item, frame) is one draw of the K-tuple (r_1, ..., r_K). With `align="delay"` stream k is
-   shifted by k frames first (`patterns.delay_align`), so a sample is the tuple the delay pattern
-   predicts in one step: (r_1[s], r_2[s-1], ..., r_K[s-K+1]).
+1. `streams_to_samples`: streams `b k d t` -> samples `n k d`, n = b·t: every (item, frame) is a
+   draw of the K-tuple; with `align="delay"` stream k is shifted by k frames first
+   (`patterns.delay_align`): the tuple the delay pattern predicts in one step.
 2. `standardize`: per stream and dim, zero mean and unit variance over the n samples.
 3. `shuffle_streams`: permute each stream (or each group of streams) independently along n.
    The shuffled set is a sample of the product of marginals ⊗P_k (independence between groups).
 4. `mmd2`: MMD² between the joint set X and the shuffled set Y, flattened to `n f` (f = K·D),
    with the kernel k(x, y) = Σ_a exp(-‖x - y‖² / (2a)) over `scales`.
-5. `mmd_independence`: 1-4, the loss. `gather_streams` pools the streams of all DDP ranks first.
+5. `mmd_independence`: 1-4, the loss (under DDP, `distributed.gather_with_grad` pools the ranks' streams first).
 
 Estimators (N = number of samples, i, j run over 1..N):
 
@@ -40,22 +39,20 @@ under independence, even given the shuffle, and its average over all shuffles is
 of `estimator="expected"` (with the realised count that average is intractable).
 
 The public reference divides by the batch size B instead of N = B·T, which is off by a factor
-~T² and so is not the MMD² it intends; we divide by the true pair counts.
+~T² and so is not the MMD² it intends; we divide by the true pair counts (its value on demand:
+`estimator="reference"`, mmdlib.mmd.reference). `shuffle="clip"` permutes within each clip instead
+of across the pool, and every term keeps only pairs of two different clips (a same-clip pair shares
+what the clip explains): exactly mean-zero when the streams are independent given the clip.
 
-Distances are raw squared Euclidean distances between standardised K·D vectors, as in the
-reference (so with f = K·D = 256 a typical distance is ~2f = 512 and the small scales are nearly
-Dirac kernels). `MMDConfig.normalize_distance=True` divides distances by f instead (equivalently
-multiplies every scale by f), which keeps the kernel widths meaningful at any f.
+Distances: raw squared Euclidean between standardised K·D vectors, as in the reference (at f = K·D
+= 256 a typical one is ~2f, the small scales nearly Dirac); `normalize_distance=True` divides them
+by f, which keeps the kernel widths meaningful at any f.
 
-Memory: the exact estimators work on row blocks of `block_size` rows against all N columns, so
-the three N×N kernel matrices are never built: forward peak extra memory is a few block×N
-matrices. The gradient is a custom autograd function that recomputes each block in backward and
-forms the gradient in closed form (∂k/∂x_i = -Σ_a k_a (x_i - y_j) / a), so backward has the same
-O(N·block) peak; measured, forward+backward takes about 2× the forward alone. No double backward.
-
-Precision: computed in float32 at least (float16 / bfloat16 inputs are upcast inside, gradients
-come back in the input's dtype); `standardize` takes its statistics in float64 on max-abs-scaled
-values, so any finite magnitude works. Integer inputs, bad scales and eps <= 0 raise ValueError.
+Memory: row blocks of `block_size` rows against all N columns, never an N×N matrix; a custom
+autograd function recomputes each block in backward with the closed-form gradient
+(∂k/∂x_i = -Σ_a k_a (x_i - y_j) / a): O(N·block) peak, backward ≈ 1× forward. No double backward.
+Precision: float32 at least (half inputs upcast, gradients back in their dtype); `standardize`
+takes float64 statistics on max-abs-scaled values. Integer inputs, bad scales, eps <= 0: ValueError.
 """
 from __future__ import annotations
 
@@ -66,22 +63,27 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from mmdlib import distributed as D
+from mmdlib.codec.quantize import STREAMS
 from mmdlib.mmd.kernels import check_scales, compute_dtype, kernel_mix, no_autocast, sq_dist
 from mmdlib.mmd.expected import mmd2_expected
+from mmdlib.mmd.reference import mmd2_reference
 from mmdlib.mmd.rff import mmd2_rff, rff_frequencies
 from mmdlib.patterns import delay_align
 
-ESTIMATORS = ("unbiased", "biased", "rff", "expected")
-_sq_dist, _kernel = sq_dist, kernel_mix  # the blocked estimator's names for them
+ESTIMATORS = ("unbiased", "biased", "rff", "expected", "reference")
+SHUFFLES = ("pooled", "clip")
 ALIGNS = ("none", "delay")
 
 
 @dataclass
 class MMDConfig:
     scales: tuple[float, ...] = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)  # Gaussian variances a
-    estimator: str = "unbiased"  # "unbiased" | "biased" | "rff" | "expected" (shuffle-free)
+    estimator: str = "unbiased"  # "unbiased" | "biased" | "rff" | "expected" (shuffle-free) | "reference" (the
+                                 # public code's value, mmdlib.mmd.reference)
     align: str = "delay"  # "none" | "delay" (pair streams as the delay pattern predicts them)
+    streams: str = "residual"  # what the codec feeds: "residual" r_k | "input" r_{k-1} | "codeword" q_k
+    shuffle: str = "pooled"  # "pooled": across all clips | "clip": within each clip (what the clip's past
+                             # explains stays in the product set: a conditional criterion)
     groups: list[list[int]] | None = None  # permuted as blocks; None = every stream alone
     block_size: int = 1024  # rows per block of the exact estimators
     n_features: int = 2048  # rff: random frequencies in total, split evenly across scales
@@ -92,16 +94,18 @@ class MMDConfig:
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"MMDConfig.estimator={self.estimator!r}: expected one of {ESTIMATORS}")
-        if self.align not in ALIGNS:
-            raise ValueError(f"MMDConfig.align={self.align!r}: expected one of {ALIGNS}")
+        for name, value, known in (("align", self.align, ALIGNS), ("streams", self.streams, STREAMS),
+                                   ("shuffle", self.shuffle, SHUFFLES)):
+            if value not in known:
+                raise ValueError(f"MMDConfig.{name}={value!r}: expected one of {known}")
+        if self.shuffle == "clip" and self.estimator != "unbiased":
+            raise ValueError(f"MMDConfig.shuffle='clip' needs estimator='unbiased', not {self.estimator!r}")
         check_scales(self.scales, "MMDConfig.scales")
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"MMDConfig.eps={self.eps}: the variance floor must be finite and > 0")
         if self.block_size < 1 or self.n_features < len(self.scales):
-            raise ValueError(
-                f"MMDConfig: block_size={self.block_size} must be >= 1 and "
-                f"n_features={self.n_features} >= len(scales)={len(self.scales)}"
-            )
+            raise ValueError(f"MMDConfig: block_size={self.block_size} must be >= 1 and "
+                             f"n_features={self.n_features} >= len(scales)={len(self.scales)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,9 +153,14 @@ def check_groups(groups: list[list[int]] | None, k: int) -> list[list[int]]:
     return [list(g) for g in groups]
 
 
-def random_permutations(n: int, count: int, generator: torch.Generator | None = None) -> Tensor:
-    """`count` independent uniform permutations of range(n): [count, n] (int64, CPU)."""
-    return torch.stack([torch.randperm(n, generator=generator) for _ in range(count)])
+def random_permutations(n: int, count: int, generator: torch.Generator | None = None, block: int | None = None
+                        ) -> Tensor:
+    """`count` independent uniform permutations of range(n): [count, n] (int64, CPU); with `block`,
+    each permutes within consecutive blocks of that many (the frames of one clip)."""
+    if block is None or block == n:
+        return torch.stack([torch.randperm(n, generator=generator) for _ in range(count)])
+    within = torch.rand(count, n // block, block, generator=generator).argsort(dim=-1)  # count clips frames
+    return (within + torch.arange(0, n, block)[:, None]).flatten(1)
 
 
 def permute_groups(samples: Tensor, perms: Tensor, groups: list[list[int]]) -> Tensor:
@@ -199,20 +208,24 @@ def _zero_pairs(k: Tensor, sources: Tensor, start: int) -> None:
     k.view(-1)[flat[inside]] = 0.0
 
 
-def _terms(x, y, sources, start, stop, scales, unbiased, slope):
+def _terms(x, y, sources, start, stop, scales, unbiased, slope, clip=None):
     """Kernel blocks for rows start:stop: yields (name, k) for xx, yy, xy, each [..., rows, n]
     (the slope g instead of k when slope=True).
 
     Self terms get an exact 0 distance on the diagonal; the unbiased estimator drops the
-    diagonal of xx and yy, and the coincident pairs `sources` of xy."""
+    diagonal of xx and yy, and the coincident pairs `sources` of xy; with `clip` (rows in clips of
+    that many) every term keeps only the pairs of two different clips."""
     rows = torch.arange(stop - start, device=x.device)
+    same = None if clip is None else (start + rows)[:, None] // clip == torch.arange(x.shape[-2], device=x.device) // clip
     for name, u, v in (("xx", x, x), ("yy", y, y), ("xy", x, y)):
-        d = _sq_dist(u[..., start:stop, :], v)
+        d = sq_dist(u[..., start:stop, :], v)
         if name != "xy":
             d[..., rows, start + rows] = 0.0
-        k = _kernel(d, scales, slope)
+        k = kernel_mix(d, scales, slope)
         del d
-        if unbiased and name != "xy":
+        if same is not None:
+            k.masked_fill_(same, 0.0)
+        elif unbiased and name != "xy":
             k[..., rows, start + rows] = 0.0
         elif unbiased:
             _zero_pairs(k, sources, start)
@@ -226,9 +239,12 @@ class _BlockedMMD2(torch.autograd.Function):
     expected_pairs: see `mmd2`."""
 
     @staticmethod
-    def forward(ctx, x, y, sources, scales, unbiased, block_size, expected_pairs=None):
+    def forward(ctx, x, y, sources, scales, unbiased, block_size, expected_pairs=None, clip=None):
         n = x.shape[-2]
-        if unbiased:
+        if clip is not None:  # pairs of different clips only, N(N - M) of them in each term
+            w_self = w_xx = 1.0 / (n * (n - clip))
+            w_xy = -2.0 * w_self
+        elif unbiased:
             w_self = 1.0 / (n * (n - 1))
             pairs = n * n - (sources >= 0).sum((-2, -1)).to(x.dtype)  # [...] or scalar: N² - |S|
             if expected_pairs is None:
@@ -241,16 +257,16 @@ class _BlockedMMD2(torch.autograd.Function):
         weights = dict(xx=w_xx, yy=w_self, xy=w_xy)
         total = x.new_zeros(x.shape[:-2])
         for start in range(0, n, block_size):
-            for name, k in _terms(x, y, sources, start, min(start + block_size, n), scales, unbiased, False):
+            for name, k in _terms(x, y, sources, start, min(start + block_size, n), scales, unbiased, False, clip):
                 total = total + weights[name] * k.sum((-2, -1))
         ctx.save_for_backward(x, y, sources)
-        ctx.config = (scales, unbiased, block_size, weights)
+        ctx.config = (scales, unbiased, block_size, weights, clip)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         x, y, sources = ctx.saved_tensors
-        scales, unbiased, block_size, weights = ctx.config
+        scales, unbiased, block_size, weights, clip = ctx.config
         n = x.shape[-2]
         c_xx, c_yy, c_xy = ((grad_out * weights[name])[..., None, None] for name in ("xx", "yy", "xy"))
         grad_x, grad_y = torch.zeros_like(x), torch.zeros_like(y)
@@ -258,7 +274,7 @@ class _BlockedMMD2(torch.autograd.Function):
             for start in range(0, n, block_size):
                 stop = min(start + block_size, n)
                 xb, yb = x[..., start:stop, :], y[..., start:stop, :]
-                for name, g in _terms(x, y, sources, start, stop, scales, unbiased, True):
+                for name, g in _terms(x, y, sources, start, stop, scales, unbiased, True, clip):
                     row_sum = g.sum(-1)[..., None]  # [..., rows, 1]
                     if name == "xx":  # symmetric: row i's own block gives x_i both of its roles
                         grad_x[..., start:stop, :] += 2 * c_xx * (xb * row_sum - g @ x)
@@ -267,7 +283,7 @@ class _BlockedMMD2(torch.autograd.Function):
                     else:  # Σ k(x_i, y_j): x_i gets its row, every y_j its column
                         grad_x[..., start:stop, :] += c_xy * (xb * row_sum - g @ y)
                         grad_y += c_xy * (y * g.sum(-2)[..., None] - g.mT @ xb)
-        return grad_x, grad_y, None, None, None, None, None
+        return grad_x, grad_y, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +300,7 @@ def mmd2(
     generator: torch.Generator | None = None,
     sources: Tensor | None = None,
     expected_pairs: float | None = None,
+    clip: int | None = None,
 ) -> Tensor:
     """MMD² between sample sets x, y [..., n, f] -> [...] (leading dims are batched; rff: [n, f]).
 
@@ -293,8 +310,7 @@ def mmd2(
     and the sum over the others is divided by their number. `expected_pairs` (C, when y is a
     random shuffle): divide by C = E(N² - |S|) instead and add 2·A_xx·(N² - |S| - C)/C (a control
     variate with mean 0 over the shuffle; see the module docstring).
-    `generator` draws the rff frequencies. Computed in float32 at least (inputs are upcast, the
-    gradient keeps their dtype). The shuffle-free estimator needs the groups: `mmd2_expected`."""
+    `generator` draws the rff frequencies. Float32 at least (the gradient keeps the inputs' dtype)."""
     if x.shape != y.shape or x.dim() < 2:
         raise ValueError(f"mmd2: x {tuple(x.shape)} and y {tuple(y.shape)} must both be [..., n, f]")
     if not (x.is_floating_point() and y.is_floating_point()):
@@ -302,11 +318,9 @@ def mmd2(
     n = x.shape[-2]
     if n < 4:
         raise ValueError(f"mmd2: need at least 4 samples, got x of shape {tuple(x.shape)}")
-    if estimator not in ESTIMATORS or estimator == "expected":
-        raise ValueError(f"mmd2: estimator={estimator!r}, expected one of {ESTIMATORS[:3]} "
-                         "(the shuffle-free one: mmd2_expected or mmd_independence)")
-    if block_size < 1:
-        raise ValueError(f"mmd2: block_size={block_size} must be >= 1")
+    if estimator not in ESTIMATORS[:3] or block_size < 1:
+        raise ValueError(f"mmd2: estimator={estimator!r}, block_size={block_size}: expected one of {ESTIMATORS[:3]} "
+                         "and >= 1 (mmd2_expected: the shuffle-free one; reference: mmd_independence)")
     if sources is None:
         sources = torch.arange(n, device=x.device)[None]
     if sources.shape[-1] != n or sources.dtype != torch.int64:
@@ -318,24 +332,18 @@ def mmd2(
     if estimator == "rff":
         w = rff_frequencies(x.shape[-1], scales, n_features, generator)
         return mmd2_rff(x, y, sources, w, scales, block_size, expected_pairs)
-    return _BlockedMMD2.apply(x, y, sources, scales, estimator == "unbiased", block_size, expected_pairs)
+    return _BlockedMMD2.apply(x, y, sources, scales, estimator == "unbiased", block_size, expected_pairs, clip)
 
 
 def prepare_samples(streams: Tensor, cfg: MMDConfig) -> Tensor:
     """Check, align, flatten and (optionally) standardise: [b, k, d, t] -> [n, k, d], in the
     compute dtype (float32 at least)."""
-    if streams.dim() != 4:
-        raise ValueError(f"streams: expected [b, k, d, t], got shape {tuple(streams.shape)}")
-    if not streams.is_floating_point():
-        raise ValueError(f"streams: expected a floating-point tensor, got {streams.dtype}")
-    if not torch.isfinite(streams).all():
-        raise ValueError(f"streams of shape {tuple(streams.shape)} contain NaN or inf")
+    if not streams.is_floating_point() or not torch.isfinite(streams).all():
+        raise ValueError(f"streams {streams.dtype} {tuple(streams.shape)}: expected floating-point values, no NaN or inf")
     samples = streams_to_samples(streams, cfg.align)
     if samples.shape[0] < 4:
-        raise ValueError(
-            f"streams of shape {tuple(streams.shape)} give {samples.shape[0]} samples "
-            f"(align={cfg.align!r}); the MMD needs at least 4"
-        )
+        raise ValueError(f"streams of shape {tuple(streams.shape)} give {samples.shape[0]} samples "
+                         f"(align={cfg.align!r}); the MMD needs at least 4")
     if cfg.standardize:
         return standardize(samples, cfg.eps)
     samples = samples.to(compute_dtype(samples.dtype))
@@ -361,12 +369,8 @@ def expected_pairs(n: int, n_groups: int) -> float:
     return n * n * (1.0 - 1.0 / n) ** n_groups
 
 
-def mmd_independence(
-    streams: Tensor,
-    cfg: MMDConfig = MMDConfig(),
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def mmd_independence(streams: Tensor, cfg: MMDConfig = MMDConfig(), seed: int | None = None,
+                     generator: torch.Generator | None = None) -> Tensor:
     """The loss: MMD²(joint, product of marginals) of residual streams [b, k, d, t] -> scalar.
 
     The shuffle (and the rff frequencies) come from `generator`, or a new one seeded by `seed`,
@@ -376,25 +380,19 @@ def mmd_independence(
         raise ValueError("mmd_independence: pass either seed or generator, not both")
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
+    if cfg.estimator == "reference":
+        return mmd2_reference(streams, cfg.scales, cfg.align == "delay", generator, cfg.block_size)
     samples = prepare_samples(streams, cfg)  # [n, k, d]
     groups = check_groups(cfg.groups, samples.shape[1])
     scales = effective_scales(cfg, samples[0].numel())
     if cfg.estimator == "expected":
         return mmd2_expected(group_parts(samples, groups), scales, cfg.block_size)
     n = samples.shape[0]
-    perms = random_permutations(n, len(groups), generator)  # [g, n]
+    if cfg.shuffle == "clip" and streams.shape[0] < 2:
+        raise ValueError(f"streams {tuple(streams.shape)}: shuffle='clip' compares pairs of clips; give b >= 2")
+    block = n // streams.shape[0] if cfg.shuffle == "clip" else None  # the frames of a clip
+    perms = random_permutations(n, len(groups), generator, block)  # [g, n]
     shuffled = permute_groups(samples, perms, groups)  # y_j: group g of sample perms[g, j]
     x, y = samples.flatten(1), shuffled.flatten(1)  # [n, f], f = k·d
     return mmd2(x, y, scales, cfg.estimator, cfg.block_size, cfg.n_features, generator, sources=perms,
-                expected_pairs=expected_pairs(n, len(groups)))
-
-
-def gather_streams(streams: Tensor) -> Tensor:
-    """Pool the streams of all DDP ranks, `b k d t -> (world b) k d t` in rank order (identity in one
-    process). Only this rank's slot carries gradient, so DDP's mean gradient is the pooled loss's /
-    world size (scale the loss weight by the world size for the sum). Same shape on every rank."""
-    if not D.is_distributed():
-        return streams
-    parts = D.all_gather(streams)
-    parts[D.rank()] = streams
-    return torch.cat(parts, dim=0)
+                expected_pairs=expected_pairs(n, len(groups)), clip=block)

@@ -183,7 +183,7 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
     ),
     # the paper's scale, for GPUs: preset-length training, λ = 1000, 30 s token crops
     "paper": PipelineConfig(
-        codec=dataclasses.replace(TRAIN_PRESETS["paper"], mmd_start=800), lambdas=(0.0, 1000.0),
+        codec=TRAIN_PRESETS["paper"], lambdas=(0.0, 1000.0),
         data=DataConfig(clip_seconds=30.0, n_train=4096, n_valid=256),
         dependence=DependenceConfig(mmd_samples=16384, n_permutations=200, perm_samples=4096),
         lm=LM_PRESETS["paper"], lm_train=dataclasses.replace(LM_TRAIN_PRESETS["paper"], patience=2),

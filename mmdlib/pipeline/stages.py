@@ -314,7 +314,8 @@ def dependence_run(cfg: PipelineConfig, lam: float, codec: Codec | None = None) 
     streams = residual_streams(codec, dataset(cfg, "valid", cfg.data.n_valid), max(n_mmd, n_perm), device=cfg.device)
     out["mmd_samples"] = int(min(n_mmd, len(streams)) * streams.shape[-1])
     for tag, align in (("lag0", "none"), ("delay", "delay")):
-        mcfg = dataclasses.replace(cfg.codec.mmd, align=align)  # as the λ > 0 codecs train
+        # the kernel the λ > 0 codecs train with, as an unbiased MMD² of the residual streams
+        mcfg = dataclasses.replace(cfg.codec.mmd, align=align, estimator="unbiased", shuffle="pooled")
         out[f"mmd_{tag}"] = float(mmd_independence(streams[:n_mmd], mcfg, seed=cfg.seed))
         test = permutation_test(streams[:n_perm], mcfg, cfg.dependence.n_permutations, seed=cfg.seed)
         out[f"perm_{tag}"] = {"statistic": test["statistic"], "p_value": test["p_value"],

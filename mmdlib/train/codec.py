@@ -36,7 +36,7 @@ from mmdlib.codec.model import Codec
 from mmdlib.codec.spectral import spectral_losses
 from mmdlib.data.datasets import make_dataset
 from mmdlib.eval.codec import evaluate_codec
-from mmdlib.mmd.loss import MMDConfig, gather_streams, mmd_independence
+from mmdlib.mmd.loss import MMDConfig, mmd_independence
 from mmdlib.mmd.saturation import kernel_report
 from mmdlib.train.checkpoint import (CHECKPOINT, RUN_NEUTRAL, batch_seed, check_same_config, load_checkpoint,
                                      locks_run_dir, save_checkpoint, write_json)
@@ -146,8 +146,9 @@ class MacroBatchMMD:
         self.pending.append(wav)
         if len(self.pending) < cfg.mmd_macro_batches:
             return None
-        streams = torch.cat([self.model.encode_streams(w, checkpoint=True) for w in self.pending])  # (m b) k d t
-        pooled = gather_streams(streams)                                                           # (w m b) k d t
+        streams = torch.cat([self.model.encode_streams(w, checkpoint=True, streams=cfg.mmd.streams)  # (m b) k d t
+                             for w in self.pending])
+        pooled = D.gather_with_grad(streams)                                                       # (w m b) k d t
         mmd = mmd_independence(pooled, cfg.mmd, seed=batch_seed(cfg.seed, step, 0))
         if D.is_main() and not self.kernels_path.exists():
             check_kernels(pooled, cfg.mmd, step, self.kernels_path)

@@ -163,6 +163,28 @@ def test_straight_through_and_streams():
     torch.testing.assert_close(out.quantized, x - out.streams[:, -1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["residual", "input", "codeword"])
+def test_the_three_stream_definitions_by_hand(kind):
+    """r_k = x - (q_1 + ... + q_k), r_{k-1}, and q_k = codebook_k[code_k], computed by hand from the
+    codes; each reaches x as the identity (codeword: straight through r_k, as the reference's)."""
+    torch.manual_seed(0)
+    rvq = small_rvq()
+    rvq(torch.randn(2, 8, 20))  # init
+    rvq.eval()
+    x = torch.randn(2, 8, 20, requires_grad=True)
+    out = rvq(x, streams=kind)
+    q = [rvq.layers[k].lookup(out.codes[:, k]).transpose(1, 2) for k in range(3)]  # b d t each
+    partial = [x - sum(q[: k + 1]) for k in range(3)]                              # r_1 .. r_K
+    want = {"residual": partial, "input": [x] + partial[:2], "codeword": q}[kind]
+    for k in range(3):
+        torch.testing.assert_close(out.streams[:, k], want[k], atol=1e-5, rtol=0)
+    w = torch.randn_like(out.streams)
+    (grad,) = torch.autograd.grad((out.streams * w).sum(), x)
+    torch.testing.assert_close(grad, w.sum(1))
+    with pytest.raises(ValueError, match="streams='quantized'"):
+        rvq(x, streams="quantized")
+
+
 def test_eval_does_not_change_buffers():
     torch.manual_seed(0)
     rvq = small_rvq(quantizer_dropout=True)

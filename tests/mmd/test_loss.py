@@ -3,12 +3,14 @@ import dataclasses
 import pytest
 import torch
 
+from mmdlib.distributed import gather_with_grad
+
 from mmdlib.mmd.loss import (
     MMDConfig,
     expected_pairs,
-    gather_streams,
     mmd2,
     mmd_independence,
+    random_permutations,
     shuffle_streams,
     standardize,
     streams_to_samples,
@@ -226,18 +228,18 @@ def test_rff_gradients_finite():
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-def test_gather_streams_identity_without_distributed():
+def test_gather_with_grad_identity_without_distributed():
     s = torch.randn(2, 3, 4, 5)
-    assert gather_streams(s) is s
+    assert gather_with_grad(s) is s
 
 
-def test_gather_streams_world_of_one(tmp_path):
+def test_gather_with_grad_world_of_one(tmp_path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         s = torch.randn(2, 3, 4, 5, requires_grad=True)
-        out = gather_streams(s)
+        out = gather_with_grad(s)
         out.sum().backward()
         assert torch.equal(out, s) and torch.equal(s.grad, torch.ones_like(s))
     finally:
@@ -253,7 +255,7 @@ def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     s = _two_rank_streams()[rank].clone().requires_grad_(True)
-    loss = mmd_independence(gather_streams(s), MMDConfig(align="delay", block_size=16), seed=0)
+    loss = mmd_independence(gather_with_grad(s), MMDConfig(align="delay", block_size=16), seed=0)
     loss.backward()
     torch.save({"loss": loss.detach(), "grad": s.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -266,7 +268,7 @@ def _two_rank_streams() -> torch.Tensor:
     return x
 
 
-def test_gather_streams_two_ranks_equals_one_process_on_the_pooled_batch(tmp_path):
+def test_gather_with_grad_two_ranks_equals_one_process_on_the_pooled_batch(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
@@ -458,3 +460,42 @@ def test_bf16_autocast_keeps_the_mmd_in_float32(estimator, normalize):
     assert value.dtype == torch.float32
     assert torch.allclose(value, reference, rtol=1e-3, atol=0), (value.item(), reference.item())
     assert torch.allclose(x.grad, ref_in.grad, rtol=1e-3, atol=1e-3 * ref_in.grad.abs().max().item())
+
+
+# -- shuffle="clip": a criterion conditional on the clip -------------------------------------------
+def _factor_toy(kind: str, seed: int, b: int = 16, t: int = 40) -> torch.Tensor:
+    """3 streams x 2 dims of noise plus a factor shared by all streams: constant within each clip
+    ("clip", what an LM reads from the clip's past) or new every frame ("frame")."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, 3, 2, t, generator=g)
+    if kind == "clip":
+        s = s + torch.randn(b, 1, 1, 1, generator=g)
+    if kind == "frame":
+        s = s + torch.randn(b, 1, 1, t, generator=g)
+    return s
+
+
+def test_clip_shuffle_ignores_a_per_clip_factor_and_recovers_a_per_frame_one():
+    """Pooled: both factors score (the per-clip one is dependence the past explains); within clips:
+    the per-clip factor scores as independent streams do (mean 0), the per-frame one still scores."""
+    def scores(kind, shuffle):
+        cfg = MMDConfig(align="none", normalize_distance=True, shuffle=shuffle)
+        return torch.tensor([float(mmd_independence(_factor_toy(kind, s), cfg, seed=s)) for s in range(12)])
+
+    null_sd = float(scores("none", "clip").std())
+    per_clip, per_frame = scores("clip", "clip"), scores("frame", "clip")
+    assert abs(float(per_clip.mean())) < 3 * null_sd / 12**0.5 + 1e-4
+    assert float(per_frame.mean()) > 30 * null_sd and float(scores("clip", "pooled").mean()) > 20 * null_sd
+
+
+def test_clip_shuffle_permutes_within_clips_and_has_an_exact_gradient():
+    perms = random_permutations(12, 3, torch.Generator().manual_seed(0), block=4)
+    assert torch.equal(perms // 4, torch.arange(12).expand(3, 12) // 4)  # every sample stays in its clip
+    assert all(torch.equal(p.sort().values, torch.arange(12)) for p in perms)
+    x = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: mmd2(a, b, (0.5, 2.0), "unbiased", 5, clip=4), (x, y))
+    with pytest.raises(ValueError, match="b >= 2"):
+        mmd_independence(torch.randn(1, 3, 2, 20), MMDConfig(shuffle="clip"), seed=0)
+    with pytest.raises(ValueError, match="estimator='unbiased'"):
+        MMDConfig(shuffle="clip", estimator="rff")

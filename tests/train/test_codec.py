@@ -126,11 +126,13 @@ def test_seanet_codec_trains_with_its_preset_and_refuses_the_spectral_loss(tmp_p
 @pytest.mark.slow  # the paper's codec, on CPU: ~30 s
 def test_paper_preset_runs_its_whole_path_on_cpu(tmp_path):
     """SEANet with LSTM, 4 x 2048 codes at 32 kHz, MS-STFT discriminator, gradient balancer and the
-    raw-distance MMD from step 0: one step, evaluated and checkpointed."""
+    ICML code's MMD (the reference's value of the codeword streams) from step 0: one step, evaluated and
+    checkpointed."""
     cfg = train_preset("paper", steps=1, batch_size=2, segment_seconds=0.5, device="cpu", n_train_items=4,
                        n_valid_items=2, eval_every=1, ckpt_every=1, mmd_macro_batches=1, mmd_weight=1000.0,
                        eval_visqol=0)
     assert cfg.discriminator and cfg.balancer and cfg.mmd_start == 0 and not cfg.mmd.normalize_distance
+    assert (cfg.mmd.streams, cfg.mmd.estimator) == ("codeword", "reference")
     out = train_codec(cfg, tmp_path, progress=False)
     final = out["final"]
     assert final["step"] == 1 and all(math.isfinite(final[k]) for k in ("train_mmd", "train_adv", "train_feat", "mel_distance"))
@@ -187,3 +189,17 @@ def test_resume_mid_macro_batch_moves_the_pending_batches_to_the_device(tmp_path
     monkeypatch.setattr(Codec, "encode_streams", lambda self, wav, **kw: seen.append(type(wav)) or encode(self, wav, **kw))
     train_codec(cfg, tmp_path, progress=False)
     assert seen and all(t is torch.Tensor for t in seen), seen
+
+
+@pytest.mark.parametrize("mmd", [MMDConfig(block_size=64, streams="codeword"), MMDConfig(block_size=64, streams="input"),
+                                 MMDConfig(block_size=64, shuffle="clip"), MMDConfig(estimator="reference")])
+def test_every_mmd_variant_trains_and_reaches_the_encoder(tmp_path, mmd):
+    """The stream variants, the within-clip shuffle and the reference's value as the training loss:
+    the MMD step runs and its gradient moves the encoder (λ = 0 and λ > 0 runs part after mmd_start)."""
+    cfg = config(steps=3, mmd_start=1, mmd_macro_batches=2, eval_every=3, ckpt_every=3, mmd=mmd)
+    with_mmd = train_codec(cfg, tmp_path / "on", progress=False)
+    train_codec(dataclasses.replace(cfg, mmd_weight=0.0), tmp_path / "off", progress=False)
+    assert math.isfinite(with_mmd["last_losses"]["mmd"])
+    on, off = (torch.load(tmp_path / d / "codec.pt")["state"] for d in ("on", "off"))
+    enc = [k for k in on if k.startswith("encoder.")]
+    assert any(not torch.equal(on[k], off[k]) for k in enc)
