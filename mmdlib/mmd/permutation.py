@@ -69,18 +69,23 @@ def _rff_stats(samples, groups, maps, cfg, scales, seed) -> Tensor:
 
 
 def permutation_test(streams: Tensor, cfg: MMDConfig = MMDConfig(), n_permutations: int = 200, seed: int = 0,
-                     null: str = "shift") -> dict:
+                     null: str = "auto") -> dict:
     """Test "the streams (or cfg.groups) are mutually independent" on streams [b, k, d, t].
 
     Statistic: the shuffle-free MMD² (`mmd_expected`, cfg.align, cfg.scales, standardised) of the
     samples, for the exact estimators; with cfg.estimator="rff", the rff MMD² between the samples
     and one shuffle of them (one draw of frequencies for all statistics). Null draws: the same
     statistic after re-ordering every group but the first with `surrogate_indices(null)`:
-      "shift" (default): per group, a random permutation of the b clips and a random circular
+      "auto" (default): "clips" with 8 clips or more, else "shift".
+      "shift": per group, a random permutation of the b clips and a random circular
         shift of each clip (after the delay alignment, so the pairing (r_1[s], r_2[s-1], ...) is
         what gets shifted). It keeps each stream's autocorrelation, so it stays valid for
         time series (Chwialkowski & Gretton 2014); with b = 1, shifts only.
-      "clips": whole clips only (exact for i.i.d. clips; needs enough clips).
+      "clips": whole clips only: exact for i.i.d. clips at any autocorrelation, but coarse with few
+        clips ((b!)^(g-1) arrangements). Independent AR(1) streams, ρ = 0.9, 8 clips × 100 frames, 3
+        streams × 4 dims, α = 0.05, 240 draws: false positives 0.054 ("clips") vs 0.096 ("shift": the
+        wrap of the circular shifts breaks the paths, which matters when clips are a few correlation
+        times long).
       "frames": a uniform permutation of all frames: valid only for i.i.d. frames (independent
         AR(1) streams with ρ = 0.9 were rejected at α = 0.05 in 20 of 20 runs).
     Under independence the data and its surrogates are exchangeable (exactly for frames and
@@ -92,6 +97,7 @@ def permutation_test(streams: Tensor, cfg: MMDConfig = MMDConfig(), n_permutatio
     generator = torch.Generator().manual_seed(seed)
     samples = prepare_samples(streams, cfg)  # [n, k, d], clip-major
     n, b = samples.shape[0], streams.shape[0]
+    null = ("clips" if b >= 8 else "shift") if null == "auto" else null
     groups = check_groups(cfg.groups, samples.shape[1])
     scales = effective_scales(cfg, samples[0].numel())
     g = len(groups)

@@ -77,3 +77,15 @@ def test_permutation_test_rff_runs():
     s[:, 1] = torch.tanh(2 * s[:, 0]) + 0.3 * s[:, 1]
     r = permutation_test(s, MMDConfig(align="none", estimator="rff", n_features=512), 50, seed=0)
     assert r["p_value"] < 0.05 and r["null"].shape == (50,)
+
+
+def test_with_eight_clips_or_more_the_whole_clip_null_keeps_the_level():
+    """From 8 clips the default null permutes whole clips (exact under independence whatever the
+    autocorrelation); the circular-shift null let through 0.096 at 8 clips × 100 frames (README)."""
+    cfg = MMDConfig(align="delay", normalize_distance=True)
+    runs = [permutation_test(ar1(8, 3, 1, 48, 0.9, seed=300 + s), cfg, 20, seed=s) for s in range(60)]
+    assert {r["surrogate"] for r in runs} == {"clips"}
+    assert sum(r["p_value"] <= 0.05 for r in runs) / 60 <= 0.08  # "shift" here: 0.10
+    dependent = [permutation_test(ar1(8, 3, 1, 48, 0.9, seed=400 + s, shared=0.8), cfg, 20, seed=s)["p_value"]
+                 for s in range(10)]
+    assert sum(q <= 0.05 for q in dependent) >= 9
