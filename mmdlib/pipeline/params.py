@@ -272,7 +272,7 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
         for name, value in over.items():  # each value alone first, so that a message names what was given
             path = PipelineConfig.ALIASES.get(name, name)
             *groups, leaf = path.split(".")
-            parent = functools.reduce(getattr, groups, base)
+            parent = functools.reduce(lambda obj, part: getattr(obj, part, None), groups, base)
             if dataclasses.is_dataclass(parent) and leaf in {f.name for f in dataclasses.fields(parent)}:
                 _check_range(name, path, convert(name, value, field_type(parent, leaf)))
         if "seed" in over and not valid_seed(over["seed"]):

@@ -276,3 +276,5 @@ def test_the_tree_has_no_preset_names_and_takes_dotted_paths():
     dotted = check_params("00_data", **{"codec.steps": 30, "lm_train.steps": 7, "codec.mmd.align": "none"})
     assert flat == dotted and flat.codec.steps == 30 and flat.layout.align == "none"
     assert check_params("00_data", **{"codec.model.quantizer.n_q": 2}).codec_config(0).model.quantizer.n_q == 2
+    with pytest.raises(PipelineError, match="unknown parameter 'modle' of CodecTrainConfig"):
+        check_params("00_data", **{"codec.modle.n_q": 2})
