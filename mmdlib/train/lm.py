@@ -71,7 +71,7 @@ def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int)
     if x.ndim != 3 or x.shape[1] != lm_cfg.n_q or x.dtype != torch.long:
         raise ValueError(f"{name}: expected a long tensor [n, {lm_cfg.n_q}, t], got {x.dtype} {list(x.shape)}")
     if len(x) == 0:
-        raise ValueError(f"{name}: no items (the tensor is [0, {lm_cfg.n_q}, t]); tokenise some clips first")
+        raise ValueError(f"{name}: no items (the tensor is [0, {lm_cfg.n_q}, t]); tokenize some clips first")
     if x.shape[2] < min_frames:
         raise ValueError(f"{name}: {x.shape[2]} frames < seq_frames={min_frames}")
     if len(x) and (x.min() < 0 or x.max() >= lm_cfg.codebook_size):
