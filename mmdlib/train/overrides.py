@@ -99,29 +99,21 @@ def convert(name: str, value, kind):
         if text is not None and text.lower() in ("true", "1", "yes", "false", "0", "no"):
             return text.lower() in ("true", "1", "yes")
         fail("expected true or false")
-    if base is int:
+    if base in (int, float):  # a number: text parsed as float first, so that steps=1e3 is 1000
+        what = "an integer" if base is int else "a number"
         v = value
         if text is not None:
             try:
                 v = float(text)
             except ValueError:
-                fail("expected an integer")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) \
-                or abs(v) >= 2**63:
-            fail("expected an integer")
-        return int(v)
-    if base is float:
-        v = value
-        if text is not None:
-            try:
-                v = float(text)
-            except ValueError:
-                fail("expected a number")
+                fail(f"expected {what}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            fail("expected a number")
+            fail(f"expected {what}")
         if not math.isfinite(v):
-            fail("expected a finite number")
-        return float(v)
+            fail("expected an integer" if base is int else "expected a finite number")
+        if base is int and (v != int(v) or abs(v) >= 2**63):
+            fail("expected an integer")
+        return base(v)
     if base is str:
         if not isinstance(value, str):
             fail("expected a string")
