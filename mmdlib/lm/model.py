@@ -68,7 +68,7 @@ class LMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LMConfig":
+    def from_dict(cls, d: dict) -> LMConfig:
         return cls(**d)
 
 
@@ -192,7 +192,7 @@ class TokenLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "TokenLM":
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TokenLM:
         """A model file {"config": LMConfig dict, "model": state_dict} (train_lm writes run_dir/lm.pt,
         the state with the lowest held-out loss), in eval mode on map_location."""
         path = Path(path)
@@ -206,6 +206,7 @@ class TokenLM(nn.Module):
             raise ValueError(f"{path} is not an LM file (a dict of 'config' and 'model'): train_lm writes run_dir/lm.pt")
         model = cls(LMConfig.from_dict(state["config"]))
         model.load_state_dict(state["model"])
+        model.codec_record = state.get("codec")  # the codec of its tokens ({"path", "sha256"}), if recorded
         return model.to(map_location).eval()
 
     # The pattern-dependent index tables of the steps `at` = start..end-1, [j, s] long each.

@@ -51,11 +51,13 @@ def sample_checked(logits: torch.Tensor, temperature: float, top_k: int | None, 
 @torch.inference_mode()
 def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-             cond: torch.Tensor | None = None, cfg_coef: float | None = None) -> torch.Tensor:
+             cond: torch.Tensor | None = None, cfg_coef: float | None = None,
+             prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Sample codes [b, k, t] (t = n_frames) step by step with a pre-allocated KV cache.
 
     cond: class labels [b] (conditional models). cfg_coef: classifier-free guidance,
-    logits = null + cfg_coef (cond - null), computed on a doubled batch."""
+    logits = null + cfg_coef (cond - null), computed on a doubled batch. prompt: codes [b or 1, k, t0]
+    (t0 < n_frames) that the output starts with: they are fed, not sampled (a continuation)."""
     cfg = model.cfg
     if n_frames < 1 or batch_size < 1:
         raise ValueError(f"n_frames={n_frames} and batch_size={batch_size} must be >= 1")
@@ -74,6 +76,17 @@ def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: fl
         cond = cond.to(device)
         if cond.shape != (batch_size,):
             raise ValueError(f"cond: expected labels of shape [{batch_size}], got {list(cond.shape)}")
+    known = None
+    if prompt is not None:  # the prompt's codes in the pattern's cells: forced where known[j, s]
+        if prompt.dim() != 3 or prompt.shape[0] not in (1, batch_size) or prompt.shape[1] != cfg.n_q \
+                or not 1 <= prompt.shape[2] < n_frames:
+            raise ValueError(f"prompt: expected codes [1 or {batch_size}, {cfg.n_q}, t0 < {n_frames}], "
+                             f"got {list(prompt.shape)}")
+        if prompt.min() < 0 or prompt.max() >= cfg.codebook_size:
+            raise ValueError(f"prompt: codes must be in 0..{cfg.codebook_size - 1}")
+        known = pat.valid & (pat.frame < prompt.shape[2])                  # [j, s]
+        frame = pat.frame.clamp(0, prompt.shape[2] - 1)
+        forced = prompt.to(device).expand(batch_size, -1, -1)[:, pat.codebook, frame]  # [b, j, s]
     if guided:
         null = torch.full((batch_size,), -1, dtype=torch.long, device=device)
         cond = torch.cat([null if cond is None else cond, null])
@@ -92,6 +105,8 @@ def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: fl
             c, u = logits.chunk(2)
             logits = u + cfg_coef * (c - u)
         nxt = torch.where(valid[s], sample_logits(logits, temperature, top_k, top_p, gen), pad)
+        if known is not None:
+            nxt = torch.where(known[:, s], forced[:, :, s], nxt)
         out[:, :, s] = nxt
         tokens = (torch.cat([nxt, nxt]) if guided else nxt)[..., None]
     model.train(was_training)
