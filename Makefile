@@ -5,14 +5,14 @@ BIN     := $(VENV)/bin
 PRESET  ?= tiny
 DEVICE  ?= cpu
 
-.PHONY: setup run test unit nbval browser notebooks bench experiment lab clean
+.PHONY: setup run test lint unit nbval browser notebooks bench experiment lab clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks,fad]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,notebooks,fad]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/python scripts/run_pipeline.py --preset $(PRESET) --device $(DEVICE)
 
-# what CI runs (.ci/run): the unit tests, then nbval re-executes the notebooks and compares outputs
-test: unit nbval
+# what CI runs (.ci/run): the linter, the unit tests, then nbval re-executes the notebooks and compares outputs
+test: lint unit nbval
+
+lint: setup
+	$(BIN)/ruff check .
 
 unit: setup
 	$(BIN)/python -m pytest -q tests

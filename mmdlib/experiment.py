@@ -24,77 +24,32 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mmdlib.pipeline import plots
 from mmdlib.data.audio import load_audio
 from mmdlib.eval.codec import evaluate_codec
-from mmdlib.eval.fad import embed_audio, fad, get_embedder
-from mmdlib.train.checkpoint import write_json
-from mmdlib.pipeline.params import DEPTH_TRUNK, PIPELINE_PRESETS, PipelineConfig, PipelineError, resolve
+from mmdlib.eval.fad import embed_audio, fad, fad_interval, get_embedder
+from mmdlib.pipeline import plots, sweep_plots
+from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
 from mmdlib.pipeline.report import add_gap, aggregate, report_markdown
 from mmdlib.pipeline.stages import dataset, depth_run, forked_codec_run, generate_run, load_codec, train_lm_run
+from mmdlib.pipeline.sweep import GRID, SWEEP_PRESETS, TINY_MMD, SweepConfig, Variant, codecs, data_tag, for_data, seed_config  # noqa: F401  (the sweep's configuration, as `experiment.X` too)
+from mmdlib.train.checkpoint import write_json
 from mmdlib.train.overrides import apply_overrides
 
-
-@dataclass(frozen=True)
-class SweepConfig:
-    lambdas: tuple[float, ...] = (0.0, 100.0, 1000.0)   # delay-aligned MMD weights (0: the baseline)
-    lambdas_nonaligned: tuple[float, ...] = ()           # MMD on lag-0 tuples (no delay alignment)
-    seeds: tuple[int, ...] = (0, 1, 2, 3)                # codec seeds: paired differences against λ = 0
-    datasets: tuple[str, ...] = ("synthetic",)
-    # other λ grids per data set (by data_tag), e.g. {"supertux": {"lambdas": (0.0, 10.0, 30.0)}}
-    per_data: dict = field(default_factory=dict)
-    embedders: dict = field(default_factory=lambda: {"logmel": {}})
-    n_visqol: int = 8                # held-out clips scored with ViSQOL per codec (~0.5 s of CPU each)
-    # per (data, seed): codecs, tokens, LMs, generation; run_dir/fig_dir are the sweep's roots
-    # LMs: up to 1,000 steps, early stopping on the valid clips (evaluated every 100 steps, patience 2),
-    # 1,024 fresh training clips (the former 256 were over-fitted within 2,000 steps)
-    pipeline: PipelineConfig = apply_overrides(PipelineConfig(), dict(
-        codec_steps=600, codec_mmd_start=300, codec_eval_every=300, lm_steps=1000, lm_warmup=60, lm_eval_every=100,
-        lm_patience=2, n_token_train=1024, n_gen=8, threads=None, run_dir="runs/sweep", fig_dir="figures/sweep"))
+WALL_FILE = "all_seconds.json"  # in the sweep's run_dir: the wall time of every `all` on it
 
 
-SWEEP_PRESETS: dict[str, SweepConfig] = {
-    # synthetic music x 4 seeds x 3 codecs x (3 LMs + depth heads) on a 2-core CPU in about 105 minutes (`make experiment`)
-    "tiny": SweepConfig(),
-    # the plumbing only, in a minute or two: numbers mean nothing
-    "smoke": SweepConfig(lambdas=(0.0, 10.0), seeds=(0,), datasets=("synthetic",), per_data={},
-                         embedders={"logmel": {}},
-                         pipeline=apply_overrides(PIPELINE_PRESETS["smoke"], dict(
-                             n_gen=2, threads=None, run_dir="runs/sweep_smoke", fig_dir="runs/sweep_smoke/figures"))),
-    # GPU: the paper's codec and LM presets, λ around the paper's 1000
-    "paper": SweepConfig(lambdas=(0.0, 100.0, 1000.0, 10000.0), lambdas_nonaligned=(1000.0,), seeds=(0, 1, 2, 3), per_data={},
-                         pipeline=apply_overrides(PIPELINE_PRESETS["paper"], dict(
-                             run_dir="runs/sweep_paper", fig_dir="figures/sweep_paper"))),
-}
-
-
-def data_tag(data: str) -> str:
-    return "synthetic" if data == "synthetic" else Path(data).name
-
-
-def for_data(sweep: SweepConfig, data: str) -> SweepConfig:
-    """The sweep with the λ grid of this data set."""
-    return dataclasses.replace(sweep, **sweep.per_data.get(data_tag(data), {}))
-
-
-def seed_config(sweep: SweepConfig, data: str, seed: int, device: str | None = None) -> PipelineConfig:
-    sweep = for_data(sweep, data)
-    run_dir = f"{sweep.pipeline.run_dir}/{data_tag(data)}/seed{seed}"
-    return apply_overrides(sweep.pipeline, dict(data=data, seed=seed, run_dir=run_dir, lambdas=sweep.lambdas,
-                                                device=device or sweep.pipeline.device))
-
-
-def codecs(sweep: SweepConfig, cfg: PipelineConfig) -> list[tuple[PipelineConfig, float]]:
-    """(config, λ) of every codec of the sweep: the aligned ones, then the non-aligned ones."""
-    other = dataclasses.replace(apply_overrides(cfg, {"align": "none"}), lambdas=sweep.lambdas_nonaligned)
-    return [(cfg, lam) for lam in sweep.lambdas] + [(other, lam) for lam in sweep.lambdas_nonaligned if lam]
-
+def record_launch(path: Path, launch: dict) -> None:
+    """Add one `all` launch to `path` ({"launches": [...], "seconds": their sum}): a sweep resumed
+    (after an interruption or a changed stage) reports the time of every launch, not only the last's."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    launches = old.get("launches", [old] if "seconds" in old else []) + [launch]
+    write_json(path, {"launches": launches, "seconds": sum(x["seconds"] for x in launches), "jobs": launch["jobs"]})
 
 # ----------------------------------------------------------------------------------------------
 # One (data, seed)
@@ -111,12 +66,46 @@ def _embed(embedders: dict, wav: torch.Tensor, sample_rate: int) -> dict[str, to
     return {name: embed_audio(e, wav, sample_rate) for name, e in embedders.items()}
 
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str):
+    """Add the wall seconds of the `with` block to seconds[stage]."""
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.time() - t0
+
+
+def mmd_settings(c: PipelineConfig, lam: float) -> dict:
+    """What names a codec's row: its variant and MMD settings (λ = 0: none)."""
+    m = c.codec.mmd
+    return {"variant": c.layout.variant if lam else "λ = 0", "streams": m.streams if lam else None,
+            "estimator": m.estimator if lam else None, "shuffle": m.shuffle if lam else None,
+            "align": m.align if lam else None, "normalize_distance": m.normalize_distance if lam else None}
+
+
+def generation_scores(embedders: dict, wav: torch.Tensor, sr: int, real_emb: dict, rec_emb: dict,
+                      n_boot: int, seed: int) -> dict:
+    """FAD of the generated clips `b 1 n` to the held-out clips (fad_<e>_gen) and to the codec's own
+    reconstructions of them (fad_<e>_gen_vs_recon: what the LM adds, the codec's loss apart), the latter
+    with a bootstrap interval over the generated clips (_lo, _hi)."""
+    out = {}
+    for k, e in embedders.items():
+        emb = embed_audio(e, wav, sr)
+        value, lo, hi = fad_interval(emb, len(wav), rec_emb[k], n_boot, seed=seed)
+        out |= {f"fad_{k}_gen": fad(emb, real_emb[k]), f"fad_{k}_gen_vs_recon": value,
+                f"fad_{k}_gen_vs_recon_lo": lo, f"fad_{k}_gen_vs_recon_hi": hi}
+    return out
+
+
 def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None) -> dict:
-    """Everything for one (data, seed); written to <run_dir>/sweep.json and returned."""
+    """Everything for one (data, seed); written to <run_dir>/sweep.json and returned, with the wall
+    seconds of each stage (`stage_seconds`)."""
     sweep = for_data(sweep, data)
     cfg = seed_config(sweep, data, seed, device)
-    t0 = time.time()
-    train_codecs(sweep, cfg)
+    t0, stages = time.time(), {}
+    with timed(stages, "codecs"):
+        train_codecs(sweep, cfg)
     embedders = {name: get_embedder(name, **kw) for name, kw in sweep.embedders.items()}
     valid = dataset(cfg, "valid", cfg.data.n_valid)
     real = torch.stack([valid[i] for i in range(len(valid))])  # `b 1 n`, made (decoded) once for every codec
@@ -126,42 +115,47 @@ def run_seed(sweep: SweepConfig, data: str, seed: int, device: str | None = None
     for c, lam in codecs(sweep, cfg):
         codec = load_codec(c, lam)
         mmd = c.codec.mmd  # the statistic as the λ > 0 codecs train on it
-        ev = evaluate_codec(codec, real, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
-                                           "mmd_lag0": dataclasses.replace(mmd, align="none")},
-                            device=c.device, seed=seed, mmd_frames=c.dependence.mmd_samples, keep_audio=True,
-                            n_visqol=min(sweep.n_visqol, len(real)))
-        rec = _embed(embedders, ev.pop("audio"), sr)
+        with timed(stages, "evaluate"):
+            ev = evaluate_codec(codec, real, {"mmd_delay": dataclasses.replace(mmd, align="delay"),
+                                               "mmd_lag0": dataclasses.replace(mmd, align="none")},
+                                device=c.device, seed=seed, mmd_frames=c.dependence.mmd_samples, keep_audio=True,
+                                n_visqol=min(sweep.n_visqol, len(real)))
+            rec = _embed(embedders, ev.pop("audio"), sr)
         q = codec.cfg.quantizer
         name = c.layout.codec_name(lam)
-        rows_codec.append({"codec": name, "lambda": lam, "align": c.align, **ev,
+        rows_codec.append({"codec": name, "lambda": lam, **mmd_settings(c, lam), **ev,
                            "kbps": codec.frame_rate * q.n_q * np.log2(q.codebook_size) / 1000,
                            **{f"fad_{k}_recon": fad(rec[k], real_emb[k]) for k in embedders}})
         for pattern in c.models():  # the patterns, then `depth` when the parallel LM has a depth head
-            row = {"codec": name, "lambda": lam, "align": c.align, "pattern": pattern}
+            row = {"codec": name, "lambda": lam, "variant": rows_codec[-1]["variant"], "pattern": pattern}
             if pattern == "depth":  # the joint model in T steps: the parallel LM's trunk with its depth head
-                d = depth_run(c, lam, DEPTH_TRUNK)
+                with timed(stages, "depth heads"):
+                    d = depth_run(c, lam, DEPTH_TRUNK)
                 row |= {"bits_per_frame": d["depth_bits"], "depth_seconds": d["seconds"]}
             else:
-                lm = train_lm_run(c, lam, pattern)
+                with timed(stages, "LMs"):
+                    lm = train_lm_run(c, lam, pattern)
                 row |= {"bits_per_frame": lm["bits_per_frame"], "valid_bits_per_frame": lm["valid_bits_per_frame"],
-                        "lm_best_step": lm["best_step"], "lm_train_seconds": lm["train_seconds"],
+                        "lm_best_step": lm["best_step"], "lm_steps_trained": lm["steps_trained"],
+                        "lm_budget": c.lm_train.steps, "lm_train_seconds": lm["train_seconds"],
                         **{f"bits_codebook{k + 1}": b for k, b in enumerate(lm["bits_per_codebook"])}}
-                if pattern in cfg.gap_patterns:
-                    d = depth_run(c, lam, pattern)
+                if pattern in c.gap_models():
+                    with timed(stages, "depth heads"):
+                        d = depth_run(c, lam, pattern)
                     row |= {"depth_gap_bits": d["gap_bits"], "depth_gap_se": d["gap_se"],
                             "depth_bits": d["depth_bits"], "factorised_bits": d["factorised_bits"],
                             "depth_gap_vs_lm_bits": d["gap_vs_lm_bits"]}
-            gen = generate_run(c, lam, pattern, codec)
-            wav = torch.stack([load_audio(p, sr) for p in sorted(c.layout.gen(lam, pattern).glob("sample*.wav"))])
-            emb = _embed(embedders, wav, sr)
+            with timed(stages, "generate"):
+                gen = generate_run(c, lam, pattern, codec)
+                wav = torch.stack([load_audio(p, sr) for p in sorted(c.layout.gen(lam, pattern).glob("sample*.wav"))])
+                scores = generation_scores(embedders, wav, sr, real_emb, rec, sweep.n_boot, seed)
             rows_lm.append(row | {"gen_steps": gen["n_steps"], "gen_seconds_per_audio_second": gen["real_time_factor"],
-                                  "gen_nmi_delay": gen["nmi_delay"],
-                                  **{f"fad_{k}_gen": fad(emb[k], real_emb[k]) for k in embedders}})
+                                  "gen_nmi_delay": gen["nmi_delay"], "gen_clips": len(wav), **scores})
         print(f"  {name}: evaluated, LMs trained, samples drawn", flush=True)
     add_gap(rows_lm)
     out = {"data": data, "tag": data_tag(data), "seed": seed, "config": cfg.to_dict(),
            "sweep": {k: v for k, v in dataclasses.asdict(sweep).items() if k != "pipeline"},
-           "codecs": rows_codec, "lms": rows_lm, "seconds": time.time() - t0}
+           "codecs": rows_codec, "lms": rows_lm, "seconds": time.time() - t0, "stage_seconds": stages}
     write_json(cfg.run_path / "sweep.json", out)
     return out
 
@@ -203,19 +197,22 @@ def lm_study(sweep: SweepConfig, data: str, seed: int, lambdas: list[float], lm_
 
 def report(sweep: SweepConfig) -> dict:
     """Aggregate every finished (data, seed) of the sweep into fig_dir/{results.md, results.json,
-    tradeoff.*, gap.*, depth_gap.*}."""
+    tradeoff.*, gap.*, depth_gap.*, verdicts.*}."""
     root = resolve(sweep.pipeline.run_dir)
     runs = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/sweep.json"))]
     runs.sort(key=lambda r: (r["tag"] != "synthetic", r["tag"], r["seed"]))  # synthetic first
     if not runs:
         raise PipelineError(f"no finished sweep runs under {root}: run `python -m mmdlib.experiment run` first")
     agg = aggregate(runs)
+    wall = root / WALL_FILE
+    for a in agg.values():  # every `all` that ran on this run_dir (each resumes the last), end to end
+        a["wall_seconds_all"] = json.loads(wall.read_text()) if wall.is_file() else None
     fig_dir = resolve(sweep.pipeline.fig_dir)
     write_json(fig_dir / "results.json", agg)
     (fig_dir / "results.md").write_text(report_markdown(agg, list(sweep.embedders), sweep.pipeline.run_dir))
-    plots.save_figure(plots.sweep_tradeoff(agg), fig_dir, "tradeoff")
-    plots.save_figure(plots.sweep_gap(agg), fig_dir, "gap")
-    plots.save_figure(plots.sweep_depth_gap(agg), fig_dir, "depth_gap")
+    for name, draw in (("tradeoff", sweep_plots.sweep_tradeoff), ("gap", sweep_plots.sweep_gap),
+                       ("depth_gap", sweep_plots.sweep_depth_gap), ("verdicts", sweep_plots.sweep_verdicts)):
+        plots.save_figure(draw(agg), fig_dir, name)
     return agg
 
 
@@ -298,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         while procs:
             _wait(procs)
         print(f"all data sets and seeds done in {(time.time() - t0) / 60:.1f} min", flush=True)
+        record_launch(resolve(sweep.pipeline.run_dir) / WALL_FILE, {
+            "seconds": time.time() - t0, "jobs": len(slots), "datasets": [data_tag(d) for d in datasets],
+            "seeds": list(sweep.seeds), "argv": sys.argv[1:] if argv is None else argv})
     if args.command in ("report", "all"):
         report(sweep)
         print((resolve(sweep.pipeline.fig_dir) / "results.md").read_text())

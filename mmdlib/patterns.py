@@ -117,7 +117,7 @@ class Pattern:
         Python ints read once, so that stepping through the pattern never waits on a device."""
         return [tuple(col) for col in self.codebook.T.tolist()]
 
-    def to(self, device) -> "Pattern":
+    def to(self, device) -> Pattern:
         if self.codebook.device == torch.device(device):
             return self
         moved = Pattern(self.name, self.n_q, self.n_frames, self.codebook.to(device), self.frame.to(device))

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a notebook parameter, e.g. -p lambdas 0,100 -p lm_steps 500 (repeatable)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    p.add_argument("--log-output", action="store_true",
+                   help="stream every cell's output (training progress included) and a progress bar per notebook")
     a = p.parse_args(argv)
 
     import papermill as pm
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{time.strftime('%H:%M:%S')}] {nb} {mine}", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(without_injected(src, tmp_dir)), str(out_dir / f"{nb}.ipynb"), parameters=mine, kernel_name=a.kernel,
-                                cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False)
+            pm.execute_notebook(str(without_injected(src, tmp_dir)), str(out_dir / f"{nb}.ipynb"), parameters=mine,
+                                kernel_name=a.kernel,
+                                cwd=str(ROOT / "notebooks"), progress_bar=a.log_output, log_output=a.log_output)
         except pm.PapermillExecutionError as e:
             print(f"\n{nb} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                   f"the executed notebook with the error: {out_dir / f'{nb}.ipynb'}", file=sys.stderr)

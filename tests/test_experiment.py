@@ -14,13 +14,19 @@ def test_codecs_of_a_sweep_share_their_prefix_config():
     sweep = ex.SWEEP_PRESETS["tiny"]
     assert len(sweep.seeds) >= 4  # paired differences over at least four codec seeds
     cfg = ex.seed_config(sweep, "synthetic", 1)
-    assert [c.layout.codec(lam).name for c, lam in ex.codecs(sweep, cfg)] == [
-        "codec_lambda0", "codec_lambda100", "codec_lambda1000"]
-    sweep = dataclasses.replace(sweep, lambdas_nonaligned=(100.0,))
     pairs = ex.codecs(sweep, cfg)
     names = [c.layout.codec(lam).name for c, lam in pairs]
-    assert names == ["codec_lambda0", "codec_lambda100", "codec_lambda1000", "codec_lambda100_none"]
-    assert len({c.layout.codec(lam) for c, lam in pairs}) == 4 and cfg.run_dir.endswith("synthetic/seed1")
+    assert names == ["codec_lambda0", "codec_lambda1000", "codec_lambda1000_input", "codec_lambda1000_codeword",
+                     "codec_lambda1000_clip", "codec_lambda1000_codeword_reference", "codec_lambda1000_none"]
+    assert len(set(names)) == len(names) and cfg.run_dir.endswith("synthetic/seed1")
+    mmds = {c.layout.codec_name(lam): c.codec.mmd for c, lam in pairs}
+    assert mmds["codec_lambda1000_input"].streams == "input" and mmds["codec_lambda1000_clip"].shuffle == "clip"
+    ref = mmds["codec_lambda1000_codeword_reference"]
+    assert (ref.streams, ref.estimator, ref.normalize_distance) == ("codeword", "reference", False)  # the ICML code's
+    lag0 = next(c for c, lam in pairs if c.align == "none")
+    assert lag0.gap_models() == ["parallel"] and "parallel" in lag0.patterns  # the pattern its tuple is
+    base = pairs[0][0]
+    assert set(base.patterns) == {"parallel", "delay", "flatten"} and set(base.gap_models()) == {"parallel", "delay"}
     # every codec differs from the λ = 0 run only in its MMD settings: they can fork its prefix
     base = cfg.codec_config(0.0).to_dict()
     for c, lam in pairs:
@@ -90,12 +96,15 @@ def test_smoke_sweep_end_to_end(tmp_path):
     evaluation, LMs, samples, FAD), then the report; a rerun reuses every artifact."""
     smoke = ex.SWEEP_PRESETS["smoke"]
     pipe = apply_overrides(smoke.pipeline, dict(
-        run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"), patterns=("delay", "flatten"), lm_steps=4,
+        run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"), lm_steps=4,
         lm_warmup=1, lm_eval_every=4, codec_steps=9, codec_mmd_start=6, codec_eval_every=9, clip_seconds=1.0,
         n_token_train=8, n_token_valid=4, mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2))
-    sweep = dataclasses.replace(smoke, lambdas_nonaligned=(), pipeline=pipe)
+    baseline = ex.Variant(0.0, None, ("parallel", "delay", "flatten"), ("delay",))
+    sweep = dataclasses.replace(smoke, pipeline=pipe, baseline=baseline)
     out = ex.run_seed(sweep, "synthetic", 0)
-    assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10"]
+    assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10", "codec_lambda10_codeword"]
+    assert [c["streams"] for c in out["codecs"]] == [None, "residual", "codeword"]  # every row names its variant
+    assert set(out["stage_seconds"]) == {"codecs", "evaluate", "LMs", "depth heads", "generate"}
     assert (tmp_path / "runs" / "synthetic" / "seed0" / "prefix_step6.pt").is_file()  # 2/3 of 9 steps
     for c in out["codecs"]:
         assert math.isfinite(c["sisnr_db"]) and c["fad_logmel_recon"] >= 0 and 0 <= c["nmi_delay"] <= 1
@@ -115,14 +124,14 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert agg["synthetic"]["seeds"] == [0]
 
 
-def test_a_data_set_can_have_its_own_lambda_grid():
+def test_a_data_set_can_have_its_own_variants():
     sweep = dataclasses.replace(ex.SWEEP_PRESETS["tiny"], per_data={
-        "supertux": {"lambdas": (0.0, 3.0, 10.0, 30.0), "lambdas_nonaligned": (10.0,)}})
+        "supertux": {"variants": (ex.Variant(10.0), ex.Variant(30.0, dataclasses.replace(ex.TINY_MMD, align="none")))}})
     cfg = ex.seed_config(sweep, "data/external/supertux", 0)
-    assert cfg.lambdas == (0.0, 3.0, 10.0, 30.0)
+    assert cfg.lambdas == (0.0, 10.0, 30.0)
     names = [c.layout.codec(lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
-    assert names[-1] == "codec_lambda10_none" and len(names) == 5
-    assert ex.seed_config(sweep, "synthetic", 0).lambdas == ex.SWEEP_PRESETS["tiny"].lambdas
+    assert names == ["codec_lambda0", "codec_lambda10", "codec_lambda30_none"]
+    assert ex.seed_config(sweep, "synthetic", 0).lambdas == (0.0, 1000.0)
 
 
 def test_embedder_option_is_checked_before_any_work(tmp_path):
@@ -142,3 +151,40 @@ def test_all_gives_each_concurrent_run_its_own_gpu():
         ex.job_devices("cuda", 2, n_gpus=0)
     with pytest.raises(ValueError, match="--jobs 0"):
         ex.job_devices("cpu", 0, n_gpus=0)
+
+
+def test_claim2_verdicts_generation_sanity_and_lm_convergence():
+    """A variant whose depth gap falls in every seed 'holds', one that rises is 'opposite'; the
+    generation metric is used only when the joint model ranks at least as well as parallel."""
+    def run(seed, gap_down, gap_up, fad_flat, fad_par):
+        codecs = [{"codec": n, "lambda": lam, "variant": v, "nmi_delay": 0.1} for n, lam, v in (
+            ("codec_lambda0", 0.0, "λ = 0"), ("codec_lambda10", 10.0, ""), ("codec_lambda10_clip", 10.0, "clip"))]
+        lms = []
+        for name, gap in (("codec_lambda0", 1.0), ("codec_lambda10", 1.0 - gap_down), ("codec_lambda10_clip", 1.0 + gap_up)):
+            lms.append({"codec": name, "pattern": "delay", "lambda": 0.0, "bits_per_frame": 20.0, "depth_gap_bits": gap,
+                        "fad_logmel_gen_vs_recon": 5.0, "lm_best_step": 500, "lm_steps_trained": 800, "lm_budget": 2000})
+            lms.append({"codec": name, "pattern": "flatten", "lambda": 0.0, "bits_per_frame": 18.0,
+                        "fad_logmel_gen_vs_recon": fad_flat, "lm_best_step": 2000, "lm_steps_trained": 2000,
+                        "lm_budget": 2000})
+        lms.append({"codec": "codec_lambda0", "pattern": "parallel", "lambda": 0.0, "bits_per_frame": 21.0,
+                    "fad_logmel_gen_vs_recon": fad_par})
+        report.add_gap(lms)
+        return {"data": "synthetic", "tag": "synthetic", "seed": seed, "codecs": codecs, "lms": lms, "seconds": 1.0,
+                "stage_seconds": {"codecs": 10.0, "LMs": 5.0}}
+
+    agg = report.aggregate([run(s, 0.1 + 0.01 * s, 0.2 + 0.02 * s, 3.0, 4.0 + s) for s in range(4)])["synthetic"]
+    verdicts = {d["codec"]: d["verdict"] for d in agg["paired"]}
+    assert verdicts["codec_lambda10"]["depth_gap"] == "holds" and verdicts["codec_lambda10_clip"]["depth_gap"] == "opposite"
+    assert verdicts["codec_lambda10"]["pattern"] == "delay" and verdicts["codec_lambda10"]["minus_flatten"] == "null"
+    assert agg["generation_sanity"]["can_rank"] and verdicts["codec_lambda10"]["generation"] == "null"  # Δ = 0
+    assert agg["lm_convergence"] | {"best_steps": None} == {"n": 8 * 3, "stopped_early": 12, "best_before_last": 12,
+                                                             "best_steps": None}
+    assert agg["stage_seconds"] == {"codecs": 40.0, "LMs": 20.0}
+    assert [d["variant"] for d in agg["paired"]] == ["", "clip"]
+    # flatten's samples worse than parallel's on the λ = 0 codec: the metric cannot rank, and is not used
+    agg = report.aggregate([run(s, 0.1, 0.2, 6.0, 4.0 + 0.1 * s) for s in range(4)])["synthetic"]
+    assert not agg["generation_sanity"]["can_rank"]
+    assert {d["verdict"]["generation"] for d in agg["paired"]} == {"metric cannot rank"}
+    text = report.report_markdown({"synthetic": agg}, ["logmel"])
+    assert "the metric cannot rank" in text and "| codec_lambda10_clip | clip | delay |" in text
+    assert report.verdict(None) == "n/a" and report.verdict({"ci95": [-2.0, -1.0]}) == "holds"

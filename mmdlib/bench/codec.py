@@ -24,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from mmdlib.eval.anchors import OPUS_INSTALL, opus_available, opus_roundtrip
 from mmdlib.codec.model import Codec
 from mmdlib.data.datasets import make_dataset
+from mmdlib.eval.anchors import OPUS_INSTALL, opus_available, opus_roundtrip
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.eval.metrics import bitrate, chroma_similarity, envelope_noise, fine_structure_r, mel_distance, si_snr, visqol
 from mmdlib.pipeline.params import resolve
 from mmdlib.train.codec import train_codec
 from mmdlib.train.config import train_preset
+
 from .common import peak_rss_mib, report
 
 SUPERTUX = "data/external/supertux"
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         sets["supertux"] = (str(folder), str(resolve("data/cache/supertux")))
     result, rows, notes = {}, [], []
     if args.no_supertux or args.checkpoint or not folder.is_dir():
-        notes.append(f"supertux: skipped ({'not asked' if args.no_supertux or args.checkpoint else f'{folder} absent: run scripts/get_supertux_music.sh'})")
+        why = "not asked" if args.no_supertux or args.checkpoint else f"{folder} absent: run scripts/get_supertux_music.sh"
+        notes.append(f"supertux: skipped ({why})")
     table = {}
     for tag, (data, cache) in sets.items():
         if args.checkpoint:

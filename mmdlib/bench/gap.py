@@ -24,8 +24,9 @@ import torch
 
 from mmdlib.lm.depth import DEPTH_PRESETS, copy_gap_bits, copy_tokens, factorization_gap
 from mmdlib.lm.model import lm_config
-from mmdlib.train.lm import train_lm
 from mmdlib.train.config import LM_TRAIN_PRESETS
+from mmdlib.train.lm import train_lm
+
 from .common import peak_rss_mib, report
 
 

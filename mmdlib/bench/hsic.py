@@ -26,8 +26,9 @@ import warnings
 
 import torch
 
-from mmdlib.mmd.permutation import permutation_test
 from mmdlib.mmd.loss import MMDConfig
+from mmdlib.mmd.permutation import permutation_test
+
 from .common import report
 
 ALPHA = 0.05

@@ -22,10 +22,12 @@ import torch
 from mmdlib.codec.model import Codec
 from mmdlib.data.datasets import make_dataset
 from mmdlib.eval.codec import evaluate_codec
-from mmdlib.pipeline.layout import codec_name
 from mmdlib.mmd.loss import MMDConfig
+from mmdlib.pipeline.layout import codec_name
+from mmdlib.pipeline.params import variant_tag
 from mmdlib.train.codec import train_codec
 from mmdlib.train.config import train_preset
+
 from .common import peak_rss_mib, report
 
 KEYS = ("nmi_delay", "nmi_lag0", "mmd", "mmd_normalized", "visqol", "mel_distance", "sisnr_db", "usage_perplexity_ratio_min")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         mmd = dataclasses.replace(base.mmd, align=args.align, estimator=args.estimator if variant else "unbiased",
                                   normalize_distance=base.mmd.normalize_distance and not (args.raw_distance and weight))
         cfg = dataclasses.replace(base, mmd_weight=weight, mmd=mmd)
-        out = run_dir / (codec_name(weight, args.align) + (f"_{args.estimator}" if variant else ""))  # notebooks' layout
+        out = run_dir / codec_name(weight, variant_tag(mmd))  # the notebooks' layout
         final = train_codec(cfg, out)["history"][-1]
         result[name] = {k: v for k, v in held_out(Codec.load(out / "codec.pt"), cfg).items() if k in KEYS}
         result[name]["train_seconds"] = final["seconds"]  # all sessions of the run (to its last evaluation)

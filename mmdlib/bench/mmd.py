@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from mmdlib.mmd.expected import mmd2_expected
 from mmdlib.mmd.loss import (
     MMDConfig,
     check_groups,
@@ -40,7 +41,6 @@ from mmdlib.mmd.loss import (
     random_permutations,
     standardize,
 )
-from mmdlib.mmd.expected import mmd2_expected
 
 
 def dense_mmd2(x, y, scales):

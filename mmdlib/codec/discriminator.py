@@ -28,12 +28,12 @@ class DiscriminatorConfig:
     negative_slope: float = 0.2  # leaky ReLU
 
     @classmethod
-    def tiny(cls) -> "DiscriminatorConfig":
+    def tiny(cls) -> DiscriminatorConfig:
         """CPU-sized: 3 scales, 16 filters."""
         return cls(filters=16, n_ffts=(1024, 512, 256))
 
     @classmethod
-    def paper(cls) -> "DiscriminatorConfig":
+    def paper(cls) -> DiscriminatorConfig:
         """EnCodec-sized MS-STFT: 5 scales, 32 filters."""
         return cls(filters=32, n_ffts=(2048, 1024, 512, 256, 128))
 

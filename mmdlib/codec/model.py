@@ -55,7 +55,7 @@ class CodecConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CodecConfig":
+    def from_dict(cls, d: dict) -> CodecConfig:
         seanet = dict(d["seanet"], ratios=tuple(d["seanet"]["ratios"]))
         spectral = d.get("spectral", {})
         spectral = {k: tuple(v) if isinstance(v, list) else v for k, v in spectral.items()}
@@ -142,7 +142,8 @@ class Codec(nn.Module):
             wav_hat, logmag, advance = self.decoder(q.quantized, return_spectra=True)
         else:
             wav_hat, logmag, advance = self.decoder(q.quantized), None, None
-        return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag, advance)  # float32 audio under autocast
+        # float32 audio under autocast
+        return CodecOutput(wav_hat[..., :n].float(), q.codes, q.streams, q.commit_loss, logmag, advance)
 
     def encode_streams(self, wav: torch.Tensor, checkpoint: bool = False, streams: str = "residual") -> torch.Tensor:
         """The streams `b k d t` (`streams`: "residual", "input" or "codeword", see ResidualVQ.forward)
@@ -179,7 +180,7 @@ class Codec(nn.Module):
         torch.save({"config": self.cfg.to_dict(), "state": self.state_dict()}, path)
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Codec":
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Codec:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"codec checkpoint {path} does not exist")

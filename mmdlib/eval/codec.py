@@ -8,9 +8,18 @@ import torch
 
 from mmdlib.codec.model import Codec
 from mmdlib.data.datasets import clip_batches
+from mmdlib.eval.metrics import (
+    NOTE_FFT,
+    NOTE_RATE,
+    VISQOL_MIN_SECONDS,
+    chroma_similarity,
+    codebook_usage,
+    fine_structure_r,
+    mel_distance,
+    si_snr,
+    visqol,
+)
 from mmdlib.mmd.dependence import dependence_summary
-from mmdlib.eval.metrics import (NOTE_FFT, NOTE_RATE, VISQOL_MIN_SECONDS, chroma_similarity, codebook_usage, fine_structure_r,
-                      mel_distance, si_snr, visqol)
 from mmdlib.mmd.loss import MMDConfig, mmd_independence
 
 

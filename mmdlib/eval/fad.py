@@ -100,6 +100,26 @@ def fad(emb_a, emb_b) -> float:
     return frechet_distance(*embedding_stats(emb_a), *embedding_stats(emb_b))
 
 
+def fad_interval(emb_a, n_items: int, emb_b, n_boot: int = 200, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """FAD of `emb_a` (the frames of n_items clips of equal length, stacked item after item, as
+    `embed_audio` returns them) to `emb_b`, with a percentile bootstrap interval over the clips of a:
+    (fad, low, high). Resampling clips, not frames, keeps each clip's frames together (they are not
+    independent). emb_b is held fixed (the reference set)."""
+    emb_a, emb_b = _as_float64(emb_a, "emb_a"), _as_float64(emb_b, "emb_b")
+    if n_items < 2 or emb_a.ndim != 2 or emb_a.shape[0] % n_items:
+        raise ValueError(f"fad_interval: emb_a {emb_a.shape} is not the frames of {n_items} (>= 2) equal clips")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"fad_interval: need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
+    items = emb_a.reshape(n_items, -1, emb_a.shape[1])
+    ref = embedding_stats(emb_b)
+    rng = np.random.default_rng(seed)
+    boot = [frechet_distance(*embedding_stats(items[rng.integers(0, n_items, n_items)].reshape(-1, emb_a.shape[1])), *ref)
+            for _ in range(n_boot)]
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return frechet_distance(*embedding_stats(emb_a), *ref), float(low), float(high)
+
+
 # ---------------------------------------------------------------------------------------------
 # Embedder protocol and registry
 

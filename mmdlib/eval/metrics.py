@@ -100,7 +100,8 @@ def visqol(est: Tensor, ref: Tensor, sample_rate: int) -> Tensor:
     if not (torch.isfinite(est).all() and torch.isfinite(ref).all()):
         raise ValueError("visqol: est and ref must be finite (NaN or inf samples)")
     api = _visqol_api()
-    up = lambda x: AF.resample(x.detach().cpu().double()[:, 0], sample_rate, VISQOL_RATE).numpy()
+    def up(x):
+        return AF.resample(x.detach().cpu().double()[:, 0], sample_rate, VISQOL_RATE).numpy()
     e48, r48 = up(est), up(ref)
     return torch.tensor([api.measure_from_arrays(r, e, sample_rate=VISQOL_RATE).moslqo for r, e in zip(r48, e48)],
                         dtype=torch.float32)

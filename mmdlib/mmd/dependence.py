@@ -227,3 +227,19 @@ def dependence_summary(codes: Tensor, codebook_size: int, n_surrogates: int = 20
             out["n_samples_lag0"] = dep["n"]
     out["n_surrogates"] = n_surrogates
     return out
+
+
+def shared_factor_streams(kind: str, seed: int, b: int = 16, k: int = 3, d: int = 2, t: int = 40) -> Tensor:
+    """Toy streams `b k d t`: Gaussian noise plus, for kind="clip", a factor shared by every stream
+    and constant within each clip (what an LM reads from the clip's past), for kind="frame", one new
+    every frame (dependence within the step), for kind="none", nothing (independent streams). The
+    pooled and the within-clip shuffles of the MMD tell the first two apart (notebook 02)."""
+    if kind not in ("none", "clip", "frame"):
+        raise ValueError(f"shared_factor_streams: kind={kind!r}, expected 'none', 'clip' or 'frame'")
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, k, d, t, generator=g)
+    if kind == "clip":
+        s = s + torch.randn(b, 1, 1, 1, generator=g)
+    if kind == "frame":
+        s = s + torch.randn(b, 1, 1, t, generator=g)
+    return s

@@ -64,8 +64,8 @@ from einops import rearrange
 from torch import Tensor
 
 from mmdlib.codec.quantize import STREAMS
-from mmdlib.mmd.kernels import check_scales, compute_dtype, kernel_mix, no_autocast, sq_dist
 from mmdlib.mmd.expected import mmd2_expected
+from mmdlib.mmd.kernels import check_scales, compute_dtype, kernel_mix, no_autocast, sq_dist
 from mmdlib.mmd.reference import mmd2_reference
 from mmdlib.mmd.rff import mmd2_rff, rff_frequencies
 from mmdlib.patterns import delay_align
@@ -75,7 +75,7 @@ SHUFFLES = ("pooled", "clip")
 ALIGNS = ("none", "delay")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MMDConfig:
     scales: tuple[float, ...] = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)  # Gaussian variances a
     estimator: str = "unbiased"  # "unbiased" | "biased" | "rff" | "expected" (shuffle-free) | "reference" (the

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmdlib.mmd.dependence import surrogate_indices
+from mmdlib.mmd.expected import expected_from_sums, mmd2_expected
 from mmdlib.mmd.kernels import sq_dist
 from mmdlib.mmd.loss import (
     MMDConfig,
@@ -21,8 +23,6 @@ from mmdlib.mmd.loss import (
     prepare_samples,
     random_permutations,
 )
-from mmdlib.mmd.expected import expected_from_sums, mmd2_expected
-from mmdlib.mmd.dependence import surrogate_indices
 
 CACHE_BYTES = 2**30  # permutation_test keeps the per-group distance matrices below this size
 

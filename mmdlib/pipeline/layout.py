@@ -1,10 +1,12 @@
-"""Where a run's stages read and write: one object, `RunLayout(root, align)`, that every stage asks; the
+"""Where a run's stages read and write: one object, `RunLayout(root, variant)`, that every stage asks; the
 error they raise when something is missing (PipelineError); reload-or-compute of a result (cached).
 
     run_dir/
       data/                          00: example clips (wav)
       codec_lambda0/                 01: codec.pt, checkpoint.pt, metrics.json, recon/*.wav
-      codec_lambda100/                   (one folder per MMD weight λ; `_none` suffix if not delay-aligned)
+      codec_lambda100/                   (one folder per MMD weight λ; a suffix names a variant of the MMD:
+      codec_lambda100_codeword_none/      `_none` not delay-aligned, `_codeword`/`_input` its streams, `_clip`
+                                          its within-clip shuffle, `_reference` the public code's value)
       tokens/codec_lambda0/{train,valid,test}.pt    02/03: cached codes `n k t` of the data sets
       dependence/codec_lambda0.json  02: MI/NMI matrices, MMD, permutation-test p-value
       lm/codec_lambda0/delay/        03: lm.pt (the best model), checkpoint.pt (train_lm), metrics.json (history, bits/frame),
@@ -30,21 +32,22 @@ class PipelineError(ValueError):
         return [f"\x1b[31mPipelineError\x1b[0m: {self}"]
 
 
-def codec_name(lam: float, align: str = "delay") -> str:
-    """'codec_lambda0', 'codec_lambda100', 'codec_lambda100_none' (MMD not delay-aligned)."""
+def codec_name(lam: float, variant: str = "") -> str:
+    """'codec_lambda0', 'codec_lambda100', 'codec_lambda100_none' (variant 'none': the MMD not
+    delay-aligned; params.variant_tag names every variant). λ = 0 has no MMD, so no variant."""
     name = f"codec_lambda{lam:g}"
-    return name if lam == 0 or align == "delay" else f"{name}_{align}"
+    return name if lam == 0 or not variant else f"{name}_{variant}"
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The paths of one run directory; `align` names the λ > 0 codecs (see codec_name)."""
+    """The paths of one run directory; `variant` names the λ > 0 codecs (see codec_name)."""
 
     root: Path
-    align: str = "delay"
+    variant: str = ""
 
     def codec_name(self, lam: float) -> str:
-        return codec_name(lam, self.align)
+        return codec_name(lam, self.variant)
 
     def codec(self, lam: float) -> Path:
         """The codec's training folder (codec.pt, checkpoint.pt, metrics.json, recon/)."""

@@ -26,7 +26,7 @@ import torch
 
 from mmdlib.lm.depth import DEPTH_PRESETS, DepthConfig
 from mmdlib.lm.model import LM_PRESETS, LMConfig
-from mmdlib.mmd.loss import ALIGNS
+from mmdlib.mmd.loss import ALIGNS, MMDConfig
 from mmdlib.patterns import PATTERNS
 from mmdlib.pipeline.layout import PipelineError, RunLayout
 from mmdlib.train.checkpoint import MAX_SEED, valid_seed
@@ -47,6 +47,9 @@ class DataConfig:
     cache_dir: str | None = None        # decoded-audio cache for folders (default data/cache)
     clip_seconds: float = 4.0           # length of the tokenised clips (02, 03, 04)
     n_train: int = 256                  # clips tokenised for LM training
+    n_heads: int = 512                  # clips the depth heads train on (03): train-split clips after the LM's
+                                        # n_train, which it never saw (on its own clips an early-stopped LM is
+                                        # over-confident and the heads find almost nothing)
     n_valid: int = 64                   # held-out clips: dependence (02), LM early stopping (03); as many
                                         # test clips score the LMs (03)
 
@@ -88,7 +91,8 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     dependence: DependenceConfig = DependenceConfig()  # 02
     patterns: tuple[str, ...] = ("parallel", "delay", "flatten")  # 03: one LM per (codec, pattern)
-    lm: LMConfig = field(default_factory=lambda: LM_PRESETS["small"])  # its architecture ("small": 3x faster than "tiny"; `make run`
+    # its architecture ("small": 3x faster than "tiny"; `make run`
+    lm: LMConfig = field(default_factory=lambda: LM_PRESETS["small"])
                                                  # stays under 20 min on 2 cores); pattern and codes set per LM
     lm_train: LMTrainConfig = field(default_factory=_tiny_lm_train)
     gap_patterns: tuple[str, ...] = ("parallel", "delay")  # 03: the factorisation gap of these LMs
@@ -105,6 +109,7 @@ class PipelineConfig:
         "codec_steps": "codec.steps", "codec_mmd_start": "codec.mmd_start", "codec_eval_every": "codec.eval_every",
         "align": "codec.mmd.align", "data": "data.source", "cache_dir": "data.cache_dir",
         "clip_seconds": "data.clip_seconds", "n_token_train": "data.n_train", "n_token_valid": "data.n_valid",
+        "n_heads_clips": "data.n_heads",
         "mmd_samples": "dependence.mmd_samples", "n_permutations": "dependence.n_permutations",
         "perm_samples": "dependence.perm_samples", "lm_steps": "lm_train.steps", "lm_seq_frames": "lm_train.seq_frames",
         "lm_warmup": "lm_train.warmup", "lm_eval_every": "lm_train.eval_every", "lm_patience": "lm_train.patience",
@@ -130,7 +135,7 @@ class PipelineConfig:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(self.run_path, self.align)
+        return RunLayout(self.run_path, variant_tag(self.codec.mmd))
 
     def data_source(self) -> str:
         """"synthetic", or the data folder as an absolute path (make_dataset's and the codec's `data`)."""
@@ -176,7 +181,7 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
     # the plumbing only (every notebook end to end in a few minutes): numbers mean nothing
     "smoke": PipelineConfig(
         codec=dataclasses.replace(_tiny_codec(), steps=20, mmd_start=13, eval_every=10),
-        data=DataConfig(clip_seconds=2.0, n_train=16, n_valid=8),
+        data=DataConfig(clip_seconds=2.0, n_train=16, n_heads=8, n_valid=8),
         dependence=DependenceConfig(mmd_samples=512, n_permutations=20, perm_samples=256),
         lm_train=dataclasses.replace(_tiny_lm_train(), steps=10, warmup=2, eval_every=5),
         generate=GenerateConfig(seconds=1.0, n=2), run_dir="runs/smoke", fig_dir="runs/smoke/figures",
@@ -184,13 +189,21 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
     # the paper's scale, for GPUs: preset-length training, λ = 1000, 30 s token crops
     "paper": PipelineConfig(
         codec=TRAIN_PRESETS["paper"], lambdas=(0.0, 1000.0),
-        data=DataConfig(clip_seconds=30.0, n_train=4096, n_valid=256),
+        data=DataConfig(clip_seconds=30.0, n_train=4096, n_heads=512, n_valid=256),
         dependence=DependenceConfig(mmd_samples=16384, n_permutations=200, perm_samples=4096),
         lm=LM_PRESETS["paper"], lm_train=dataclasses.replace(LM_TRAIN_PRESETS["paper"], patience=2),
         depth=DEPTH_PRESETS["paper"], generate=GenerateConfig(seconds=10.0, n=8, top_k=250), device="cuda",
         threads=None, run_dir="runs/paper", fig_dir="figures/paper",
     ),
 }
+
+
+def variant_tag(mmd: MMDConfig) -> str:
+    """The MMD settings that name a codec besides λ, '' for the defaults (residual streams, pooled
+    shuffle, unbiased estimator, delay-aligned): e.g. 'codeword_reference', 'clip', 'none'."""
+    parts = [mmd.streams if mmd.streams != "residual" else "", "clip" if mmd.shuffle == "clip" else "",
+             mmd.estimator if mmd.estimator != "unbiased" else "", mmd.align if mmd.align != "delay" else ""]
+    return "_".join(x for x in parts if x)
 
 
 def resolve(path: str | Path) -> Path:
@@ -233,7 +246,7 @@ def check_device(device: str) -> str:
 
 # checks of the values given (by the name given: a flat notebook name or a dotted path)
 POSITIVE_INTS = ("codec.steps", "codec.eval_every", "lm_train.steps", "lm_train.seq_frames", "lm_train.eval_every",
-                 "data.n_train", "data.n_valid", "dependence.mmd_samples", "dependence.n_permutations",
+                 "data.n_train", "data.n_heads", "data.n_valid", "dependence.mmd_samples", "dependence.n_permutations",
                  "dependence.perm_samples", "generate.n", "generate.top_k", "threads")
 COUNTS = ("codec.mmd_start", "lm_train.warmup", "lm_train.patience")  # may be 0
 POSITIVE_FLOATS = ("data.clip_seconds", "generate.seconds", "generate.temperature")

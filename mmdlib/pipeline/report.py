@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from mmdlib.pipeline.layout import read_json
-from mmdlib.train.checkpoint import write_json
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
+from mmdlib.train.checkpoint import write_json
 
 
 def add_gap(rows: list[dict], key: str = "bits_per_frame") -> None:
     """rows[i]["gap_vs_flatten"] = rows[i][key] − the flatten LM's on the same codec: the bits above
-    the joint pattern (not the depth gap of mmdlib.lm.depth, the instrument for factorising; 0 for the flatten rows; None where that codec has no flatten LM or a value
+    the joint pattern (not the depth gap of mmdlib.lm.depth, the instrument for factorising; 0 for the
+    flatten rows; None where that codec has no flatten LM or a value
     is missing)."""
     flat = {r["codec"]: r[key] for r in rows if r["pattern"] == "flatten"}
     for r in rows:
@@ -103,7 +104,8 @@ def results_markdown(results: dict) -> str:
         lines.append(f"| {r['codec']} | {r['lambda']:g} | {_cell(r.get('fine_structure_r'), '.3f')} "
                      f"| {_cell(r.get('chroma'), '.3f')} | {_cell(r.get('visqol'), '.2f')} | {_cell(r['mel_distance'], '.3f')} "
                      f"| {_cell(r['sisnr_db'], '.1f')} "
-                     f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} | {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
+                     f"| {_cell(r['code_entropy_bits'], '.2f')} | {_cell(r['nmi_lag0'], '.3f')} "
+                     f"| {_cell(r['nmi_delay'], '.3f')} | {_cell(r['mmd_delay'], '.4f')} "
                      f"| {_cell(r['p_value_delay'], '.3f')} |")
     lines += ["", "LMs: test-clip bits per frame in windows of the training crop (early stopping on the valid "
                   "clips; `lm steps`: the best state's); depth gap: what the factorised LM gives up within a step "
@@ -140,7 +142,9 @@ def _stats(values: list) -> dict:
 
 PAIRED_CODEC = ("nmi_delay", "nmi_lag0", "mmd_delay", "fine_structure_r", "chroma", "visqol", "mel_distance",
                 "code_entropy_bits", "usage_perplexity_ratio_min")
-PAIRED_LM = ("bits_per_frame", "gap_vs_flatten", "depth_gap_bits", "fad_logmel_gen")
+PAIRED_LM = ("bits_per_frame", "gap_vs_flatten", "depth_gap_bits", "fad_logmel_gen", "fad_logmel_gen_vs_recon")
+SETTINGS = ("lambda", "variant", "streams", "estimator", "shuffle", "align", "normalize_distance")  # name a codec row
+GEN_METRIC = "fad_logmel_gen_vs_recon"  # the generation metric of claim 2, if it passes generation_sanity
 
 
 def _pick(rows: list[dict], codec: str, key: str, pattern: str | None = None):
@@ -183,17 +187,19 @@ def aggregate(runs: list[dict]) -> dict:
         names = list(dict.fromkeys(c["codec"] for r in mine for c in r["codecs"]))
         patterns = list(dict.fromkeys(x["pattern"] for r in mine for x in r["lms"]))
 
-        def rows(kind, key):
-            return [x for r in mine for x in r[kind] if key(x)]
+        def rows(kind, codec, pattern=None, mine=mine):
+            return [x for r in mine for x in r[kind] if x["codec"] == codec and x.get("pattern") == pattern]
 
         codec_rows, lm_rows = [], []
         for name in names:
-            xs = rows("codecs", lambda x: x["codec"] == name)
-            codec_rows.append({"codec": name, "lambda": xs[0]["lambda"], "align": xs[0]["align"],
+            xs = rows("codecs", name)
+            codec_rows.append({"codec": name, **{k: xs[0].get(k) for k in SETTINGS},
                                **{k: _stats([x.get(k) for x in xs]) for k in _numeric_keys(xs)}})
             for p in patterns:
-                ys = rows("lms", lambda x: x["codec"] == name and x["pattern"] == p)
-                lm_rows.append({"codec": name, "lambda": ys[0]["lambda"], "pattern": p,
+                ys = rows("lms", name, p)
+                if not ys:
+                    continue
+                lm_rows.append({"codec": name, "lambda": ys[0]["lambda"], "variant": ys[0].get("variant"), "pattern": p,
                                 **{k: _stats([y.get(k) for y in ys]) for k in _numeric_keys(ys)}})
         # paired by seed: the λ > 0 codec minus the λ = 0 codec of the same seed, per metric
         paired = []
@@ -201,7 +207,7 @@ def aggregate(runs: list[dict]) -> dict:
             lam = next(c["lambda"] for r in mine for c in r["codecs"] if c["codec"] == name)
             if lam == 0:
                 continue
-            d = {"codec": name, "lambda": lam}
+            d = {"codec": name, "lambda": lam, "variant": next(c for c in codec_rows if c["codec"] == name)["variant"]}
             for key in PAIRED_CODEC:
                 d[key] = paired_stats({r["seed"]: _pick(r["codecs"], name, key) - _pick(r["codecs"], "codec_lambda0", key)
                                        for r in mine if _has(r["codecs"], name, key) and _has(r["codecs"], "codec_lambda0", key)})
@@ -212,10 +218,62 @@ def aggregate(runs: list[dict]) -> dict:
                     if vals:
                         d[f"{key}_{p}"] = paired_stats(vals)
             paired.append(d)
+        sanity = generation_sanity(mine)
+        for d in paired:
+            d["verdict"] = claim2_verdict(d, lm_rows, sanity["can_rank"])
+        stages = [r.get("stage_seconds") or {} for r in mine]
         out[tag] = {"data": mine[0]["data"], "seeds": sorted(r["seed"] for r in mine),
-                    "codecs": codec_rows, "lms": lm_rows, "paired": paired,
-                    "seconds": [r["seconds"] for r in mine]}
+                    "codecs": codec_rows, "lms": lm_rows, "paired": paired, "generation_sanity": sanity,
+                    "lm_convergence": lm_convergence([x for r in mine for x in r["lms"]]),
+                    "seconds": [r["seconds"] for r in mine],
+                    "stage_seconds": {k: sum(s.get(k, 0.0) for s in stages) for k in dict.fromkeys(k for s in stages for k in s)}}
     return out
+
+
+def verdict(s: dict | None) -> str:
+    """A paired difference where lower is what claim 2 predicts: 'holds' (95 % CI below 0),
+    'opposite' (above 0), 'null' (it holds 0), 'n/a' (fewer than two seeds)."""
+    if not s or s.get("ci95") is None:
+        return "n/a"
+    lo, hi = s["ci95"]
+    return "holds" if hi < 0 else "opposite" if lo > 0 else "null"
+
+
+def target_pattern(codec: str, lm_rows: list[dict]) -> str | None:
+    """The pattern whose tuple a codec's MMD targets: delay if its delay LM has a depth gap, else parallel."""
+    gapped = [r["pattern"] for r in lm_rows if r["codec"] == codec and r.get("depth_gap_bits")]
+    return "delay" if "delay" in gapped else gapped[0] if gapped else None
+
+
+def claim2_verdict(d: dict, lm_rows: list[dict], can_rank: bool) -> dict:
+    """Claim 2 for one variant, from its paired differences against λ = 0 (d): the depth gap and the
+    bits above flatten of its target pattern, and the generation metric where that metric can rank."""
+    p = target_pattern(d["codec"], lm_rows)
+    return {"pattern": p, "depth_gap": verdict(d.get(f"depth_gap_bits_{p}")),
+            "minus_flatten": verdict(d.get(f"gap_vs_flatten_{p}")),
+            "generation": verdict(d.get(f"{GEN_METRIC}_{p}")) if can_rank else "metric cannot rank"}
+
+
+def generation_sanity(runs: list[dict]) -> dict:
+    """The generation metric's sanity row: on the λ = 0 codec of each seed, the joint model (flatten)
+    minus parallel. A metric that ranks puts the joint model at least as well (mean <= 0); else it is
+    declared unable to rank and claim 2 does not use it."""
+    def value(r, p):
+        return next((x.get(GEN_METRIC) for x in r["lms"] if x["codec"] == "codec_lambda0" and x["pattern"] == p), None)
+
+    diffs = {r["seed"]: value(r, "flatten") - value(r, "parallel") for r in runs
+             if value(r, "flatten") is not None and value(r, "parallel") is not None}
+    s = paired_stats(diffs) if diffs else None
+    return {"metric": GEN_METRIC, "flatten_minus_parallel": s,
+            "can_rank": bool(s and s["mean"] is not None and s["mean"] <= 0)}
+
+
+def lm_convergence(rows: list[dict]) -> dict:
+    """How the LMs ended: stopped by early stopping before their step budget, best state before the last."""
+    lms = [r for r in rows if r.get("lm_best_step") is not None and r.get("lm_steps_trained") is not None]
+    return {"n": len(lms), "stopped_early": sum(r["lm_steps_trained"] < r.get("lm_budget", float("inf")) for r in lms),
+            "best_before_last": sum(r["lm_best_step"] < r["lm_steps_trained"] for r in lms),
+            "best_steps": [r["lm_best_step"] for r in lms]}
 
 
 def _ms(s: dict | None, fmt: str) -> str:
@@ -227,7 +285,8 @@ def _ms(s: dict | None, fmt: str) -> str:
 _PAIRED_SHOWN = (("nmi_delay", "Δ NMI delay"), ("visqol", "Δ ViSQOL"), ("mel_distance", "Δ mel"),
                  ("code_entropy_bits", "Δ code entropy (bits)"), ("depth_gap_bits_delay", "Δ depth gap, delay (bits/frame)"),
                  ("depth_gap_bits_parallel", "Δ depth gap, parallel"), ("gap_vs_flatten_delay", "Δ (delay − flatten)"),
-                 ("bits_per_frame_depth", "Δ bits/frame, depth model"))
+                 ("bits_per_frame_depth", "Δ bits/frame, depth model"),
+                 ("fad_logmel_gen_vs_recon_delay", "Δ FAD samples vs recon., delay"))
 
 
 def _pair_cell(s: dict | None) -> str:
@@ -251,25 +310,28 @@ def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep"
                   "steps.", "",
                   "| codec | pattern | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ "
                   "| MMD² delay ↓ | bits/frame ↓ | − flatten | depth gap "
-                  + "".join(f"| FAD {e} rec. ↓ | FAD {e} gen. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
+                  + "".join(f"| FAD {e} rec. ↓ | FAD {e} samples vs rec. ↓ " for e in embedders)
+                  + "| AR steps | gen. s / audio s |",
                   "|---" * (14 + 2 * len(embedders)) + "|"]
         codec_rows = {c["codec"]: c for c in a["codecs"]}
         for r in a["lms"]:
             c = codec_rows[r["codec"]]
             lines.append(
                 f"| {r['codec']} | {r['pattern']} | {_ms(c.get('fine_structure_r'), '.3f')} | {_ms(c.get('chroma'), '.3f')} "
-                f"| {_ms(c.get('visqol'), '.2f')} | {_ms(c['mel_distance'], '.3f')} "
+                f"| {_ms(c.get('visqol'), '.2f')} | {_ms(c.get('mel_distance'), '.3f')} "
                 f"| {_ms(c.get('code_entropy_bits'), '.2f')} "
-                f"| {_ms(c['nmi_delay'], '.3f')} | {_ms(c['mmd_delay'], '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
+                f"| {_ms(c.get('nmi_delay'), '.3f')} | {_ms(c.get('mmd_delay'), '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
                 f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} | {_ms(r.get('depth_gap_bits'), '.3f')} "
-                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen'), '.2f')} " for e in embedders)
-                + f"| {_ms(r['gen_steps'], '.0f')} | {_ms(r['gen_seconds_per_audio_second'], '.3f')} |")
+                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen_vs_recon'), '.2f')} "
+                          for e in embedders)
+                + f"| {_ms(r.get('gen_steps'), '.0f')} | {_ms(r.get('gen_seconds_per_audio_second'), '.3f')} |")
         lines += ["", "Paired differences, the codec minus the λ = 0 codec of the same seed: mean [95 % CI], "
                       "paired t-test p, seeds below 0 (a fall).", "",
                   "| codec | " + " | ".join(label for _, label in _PAIRED_SHOWN) + " |",
                   "|---" * (1 + len(_PAIRED_SHOWN)) + "|"]
         for d in a["paired"]:
             lines.append(f"| {d['codec']} | " + " | ".join(_pair_cell(d.get(key)) for key, _ in _PAIRED_SHOWN) + " |")
+        lines += claim2_markdown(a)
         n_q = sum(1 for k in (a["lms"][0] if a["lms"] else {}) if k.startswith("bits_codebook"))
         if n_q:  # where the bits go: a joint model gains on the codebooks it predicts after others of the frame
             lines += ["", "Test bits per code of each codebook (they sum to bits/frame).", "",
@@ -280,6 +342,39 @@ def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep"
                       for r in a["lms"] if r.get("bits_codebook1")]
         lines.append("")
     return "\n".join(lines)
+
+
+def claim2_markdown(a: dict) -> list[str]:
+    """The verdict per variant, the generation metric's sanity row, how the LMs ended, the time per stage."""
+    lines = ["", "Claim 2 per variant (the codec minus λ = 0 of the same seed, on the pattern whose tuple its MMD "
+                 "targets; lower is what the claim predicts): holds = 95 % CI below 0, opposite = above, null = it "
+                 "holds 0.", "", "| codec | variant | pattern | Δ depth gap | verdict | Δ (pattern − flatten) | verdict "
+                 f"| Δ {GEN_METRIC} | verdict |", "|---" * 9 + "|"]
+    for d in a["paired"]:
+        v, p = d["verdict"], d["verdict"]["pattern"]
+        lines.append(f"| {d['codec']} | {d['variant']} | {p} | {_pair_cell(d.get(f'depth_gap_bits_{p}'))} | {v['depth_gap']} "
+                     f"| {_pair_cell(d.get(f'gap_vs_flatten_{p}'))} | {v['minus_flatten']} "
+                     f"| {_pair_cell(d.get(f'{GEN_METRIC}_{p}'))} | {v['generation']} |")
+    g, c = a.get("generation_sanity") or {}, a.get("lm_convergence") or {}
+    lines += ["", f"Sanity row of the generation metric ({GEN_METRIC}: FAD of the samples to the codec's own "
+                  f"reconstructions, at the LM's training length): on the λ = 0 codec flatten − parallel = "
+                  f"{_pair_cell(g.get('flatten_minus_parallel'))}; "
+                  + ("the joint model ranks at least as well: the metric is used." if g.get("can_rank") else
+                     "the joint model does not rank at least as well as parallel: **the metric cannot rank**, "
+                     "claim 2 does not use it.")]
+    if c.get("n"):
+        lines.append(f"LMs: {c['stopped_early']} of {c['n']} stopped by early stopping before their step budget, "
+                     f"{c['best_before_last']} of {c['n']} with their best state before their last evaluation; "
+                     f"best steps {min(c['best_steps'])}–{max(c['best_steps'])} (median {int(np.median(c['best_steps']))}).")
+    st, wall = a.get("stage_seconds") or {}, a.get("wall_seconds_all")
+    if st:
+        text = "Time (process seconds summed over seeds): " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in st.items())
+        if wall:
+            launches = wall.get("launches", [])
+            each = " (launches " + " + ".join(f"{x['seconds'] / 60:.1f}" for x in launches) + " min)" if len(launches) > 1 else ""
+            text += f"; `all` {wall['seconds'] / 60:.1f} min wall in all, {wall['jobs']} processes{each}"
+        lines.append(text + ".")
+    return lines + [""]
 
 
 def claim1_rows(agg: dict) -> list[dict]:

@@ -33,14 +33,21 @@ from mmdlib.lm.depth import DepthHead, factorization_gap, generate_depth
 from mmdlib.lm.model import TokenLM, bits_per_codebook
 from mmdlib.lm.sampling import generate
 from mmdlib.mmd.dependence import dependence_summary, pairwise_mi
-from mmdlib.mmd.permutation import permutation_test
 from mmdlib.mmd.loss import mmd_independence
+from mmdlib.mmd.permutation import permutation_test
 from mmdlib.pipeline.layout import PipelineError, cached, read_json
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig
-from mmdlib.train.checkpoint import CHECKPOINT, RUN_NEUTRAL, CheckpointError, check_same_config, load_checkpoint, write_json
+from mmdlib.train.checkpoint import (
+    CHECKPOINT,
+    RUN_NEUTRAL,
+    CheckpointError,
+    check_same_config,
+    file_record,
+    load_checkpoint,
+    write_json,
+)
 from mmdlib.train.codec import fork_checkpoint, train_codec
 from mmdlib.train.lm import MODEL_FILE, train_lm
-
 
 # ----------------------------------------------------------------------------------------------
 # Data and codecs
@@ -126,22 +133,29 @@ def tokenize(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> tor
 def _token_meta(cfg: PipelineConfig, lam: float, split: str, n_items: int) -> dict:
     ckpt = cfg.layout.codec(lam) / "codec.pt"
     st = ckpt.stat()
-    return {"data": cfg.data.source, "split": split, "n_items": n_items, "clip_seconds": cfg.data.clip_seconds,
+    meta = {"data": cfg.data.source, "split": split, "n_items": n_items, "clip_seconds": cfg.data.clip_seconds,
             "seed": cfg.seed, "codec": str(ckpt), "codec_size": st.st_size, "codec_mtime_ns": st.st_mtime_ns}
+    return meta | ({"first_item": cfg.data.n_train} if split == "heads" else {})
 
 
 def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = None) -> torch.Tensor:
-    """The codes `n k t` of the train, valid or test clips under codec `lam` (test: as many clips as
-    valid), cached in run_dir/tokens/ as `<split>.pt` (a plain long tensor, what `python -m
-    mmdlib.train_lm --train/--valid` reads) and `<split>.json` (what it was computed from:
-    recomputed when the codec or data parameters change)."""
-    if split not in ("train", "valid", "test"):
-        raise PipelineError(f"split={split!r}: expected 'train', 'valid' or 'test'")
-    n_items = cfg.data.n_train if split == "train" else cfg.data.n_valid
+    """The codes `n k t` of the train, heads, valid or test clips under codec `lam` (test: as many clips
+    as valid; heads: data.n_heads train-split clips after the LM's n_train, for the depth heads), cached
+    in run_dir/tokens/ as `<split>.pt` (a plain long tensor, what `python -m mmdlib.train_lm
+    --train/--valid` reads) and `<split>.json` (what it was computed from: recomputed when the codec or
+    data parameters change)."""
+    if split not in ("train", "heads", "valid", "test"):
+        raise PipelineError(f"split={split!r}: expected 'train', 'heads', 'valid' or 'test'")
+    n_items = {"train": cfg.data.n_train, "heads": cfg.data.n_heads}.get(split, cfg.data.n_valid)
     path = cfg.layout.tokens(lam, split)
 
     def compute() -> dict:
-        codes = tokenize(codec or load_codec(cfg, lam), dataset(cfg, split, n_items), device=cfg.device)
+        if split == "heads":  # the train split continued: clips n_train .. n_train + n_heads - 1
+            ds = torch.utils.data.Subset(dataset(cfg, "train", cfg.data.n_train + n_items),
+                                         range(cfg.data.n_train, cfg.data.n_train + n_items))
+        else:
+            ds = dataset(cfg, split, n_items)
+        codes = tokenize(codec or load_codec(cfg, lam), ds, device=cfg.device)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(codes, path)
         return {}
@@ -181,7 +195,8 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
             except CheckpointError as e:
                 raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
         t0 = time.time()
-        model, history = train_lm(train, valid, lm_cfg, tcfg, out)  # its best state
+        model, history = train_lm(train, valid, lm_cfg, tcfg, out,  # its best state
+                                  codec=file_record(cfg.layout.codec(lam) / "codec.pt"))
         evals = [row for row in history if "valid_bits_per_frame" in row]
         best = min(evals, key=lambda row: row["valid_bits_per_frame"])
         by_k = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size, window=tcfg.seq_frames)
@@ -203,8 +218,9 @@ def lm_metrics(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
 
 def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     """The factorisation gap of the LM of (codec `lam`, `pattern`): depth heads with and without
-    the step's earlier codes (mmdlib.lm.depth) trained on its train tokens, early-stopped on the valid
-    clips, scored on the test clips, in windows of the LM's crop length. Writes lm_dir/depth.json
+    the step's earlier codes (mmdlib.lm.depth) trained on the codes of data.n_heads clips the LM never
+    saw (tokens split "heads"), early-stopped on the valid clips, scored on the test clips, in windows
+    of the LM's crop length. Writes lm_dir/depth.json
     and the depth head (lm_dir/depth_head.pt, what the `depth` generation samples with)."""
     out = cfg.layout.lm(lam, pattern)
     lm = lm_metrics(cfg, lam, pattern)
@@ -213,13 +229,14 @@ def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
     def compute() -> dict:
         model = TokenLM.load(out / MODEL_FILE, map_location=cfg.device)
         t0 = time.time()
-        gap, head = factorization_gap(model, tokens(cfg, lam, "train"), tokens(cfg, lam, "valid"),
+        gap, head = factorization_gap(model, tokens(cfg, lam, "heads"), tokens(cfg, lam, "valid"),
                                       tokens(cfg, lam, "test"), dcfg, lm["train_config"]["seq_frames"])
         torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
         return gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
                       "lambda": lam}
 
-    key = {"depth_config": dataclasses.asdict(dcfg), "lm_train_seconds": lm["train_seconds"]}
+    key = {"depth_config": dataclasses.asdict(dcfg), "lm_train_seconds": lm["train_seconds"],
+           "heads_tokens": _token_meta(cfg, lam, "heads", cfg.data.n_heads)}
     return cached(out / "depth.json", key, compute, needs=(out / "depth_head.pt",))
 
 
@@ -252,7 +269,8 @@ def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | N
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    codes = sample(n_frames, batch_size=cfg.generate.n, temperature=cfg.generate.temperature, top_k=cfg.generate.top_k, seed=cfg.seed)
+    codes = sample(n_frames, batch_size=cfg.generate.n, temperature=cfg.generate.temperature, top_k=cfg.generate.top_k,
+                   seed=cfg.seed)
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

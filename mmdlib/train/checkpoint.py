@@ -138,6 +138,18 @@ def atomic_save(obj, path: str | Path, keep_previous: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def file_record(path: str | Path) -> dict:
+    """{"path": absolute path, "sha256": of its bytes}: what an LM records of the codec of its tokens."""
+    import hashlib
+
+    path = Path(path).resolve()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(path), "sha256": h.hexdigest()}
+
+
 def write_json(path: str | Path, obj) -> None:
     """json.dumps(obj, indent=1) to `path`, atomically (a temporary file, then a rename): an
     interruption leaves the previous file. Creates the parent folder."""
@@ -169,7 +181,8 @@ def _advice(path: Path) -> str:
 
 def load_checkpoint(path: str | Path, kind: str) -> dict:
     """The checkpoint at `path` of loop `kind` ("codec" or "lm"), on the CPU (load_state_dict
-    copies to the model's device; RNG states must be CPU tensors). A truncated or corrupt file raises a CheckpointError naming it and what to do."""
+    copies to the model's device; RNG states must be CPU tensors). A truncated or corrupt file raises a
+    CheckpointError naming it and what to do."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

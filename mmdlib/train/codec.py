@@ -30,18 +30,33 @@ from tqdm.auto import tqdm
 
 from mmdlib import distributed as D
 from mmdlib.codec.discriminator import MultiScaleSTFTDiscriminator
-from mmdlib.codec.losses import (LossBalancer, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching_loss, hinge_d_loss,
-                                 hinge_g_loss, l1_wave)
+from mmdlib.codec.losses import (
+    LossBalancer,
+    MultiResolutionSTFTLoss,
+    MultiScaleMelLoss,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    l1_wave,
+)
 from mmdlib.codec.model import Codec
 from mmdlib.codec.spectral import spectral_losses
 from mmdlib.data.datasets import make_dataset
 from mmdlib.eval.codec import evaluate_codec
 from mmdlib.mmd.loss import MMDConfig, mmd_independence
 from mmdlib.mmd.saturation import kernel_report
-from mmdlib.train.checkpoint import (CHECKPOINT, RUN_NEUTRAL, batch_seed, check_same_config, load_checkpoint,
-                                     locks_run_dir, save_checkpoint, write_json)
+from mmdlib.train.checkpoint import (
+    CHECKPOINT,
+    RUN_NEUTRAL,
+    batch_seed,
+    check_same_config,
+    load_checkpoint,
+    locks_run_dir,
+    save_checkpoint,
+    write_json,
+)
 from mmdlib.train.config import TRAIN_PRESETS, CodecTrainConfig, train_preset
-from mmdlib.train.loop import restore, save
+from mmdlib.train.loop import log_metrics, restore, save
 from mmdlib.train.overrides import apply_overrides
 
 
@@ -178,7 +193,7 @@ class CodecTraining:
     disc_ddp: nn.Module | None = None
 
     @classmethod
-    def create(cls, cfg: CodecTrainConfig, device: torch.device, run_dir: Path) -> "CodecTraining":
+    def create(cls, cfg: CodecTrainConfig, device: torch.device, run_dir: Path) -> CodecTraining:
         """Models, optimisers, losses, then the data, in this order (it fixes what the seeded RNG draws)."""
         if (cfg.w_spec or cfg.w_advance) and cfg.model.arch != "spectral":
             raise ValueError(f"w_spec={cfg.w_spec}, w_advance={cfg.w_advance} need a spectral codec (arch "
@@ -317,6 +332,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path,
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             history.append(evaluate(t, done, losses, t0))
+            log_metrics(run_dir, history[-1])
             if D.is_main():
                 bar.write(summary(history[-1]))
         if done % cfg.ckpt_every == 0 or done == end:

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from mmdlib import distributed as D
 from mmdlib.lm.model import LM_PRESETS, LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
-from mmdlib.train.checkpoint import CHECKPOINT, atomic_save, batch_seed, locks_run_dir
+from mmdlib.train.checkpoint import CHECKPOINT, atomic_save, batch_seed, file_record, locks_run_dir
 from mmdlib.train.config import LM_TRAIN_PRESETS, LMTrainConfig
-from mmdlib.train.loop import restore, save
+from mmdlib.train.loop import log_metrics, restore, save
 from mmdlib.train.overrides import apply_overrides
 
 MODEL_FILE = "lm.pt"  # in the run directory: {"config": LMConfig dict, "model": best state_dict} (TokenLM.load)
@@ -78,22 +78,24 @@ def _check_tokens(name: str, x: torch.Tensor, lm_cfg: LMConfig, min_frames: int)
         raise ValueError(f"{name}: codes must be in 0..{lm_cfg.codebook_size - 1}")
 
 
-def save_model(path: Path, lm_cfg: LMConfig, model: TokenLM, best: dict | None) -> None:
-    """The model file (MODEL_FILE): its best state so far (the last without an evaluation yet),
-    atomically, rank 0."""
+def save_model(path: Path, lm_cfg: LMConfig, model: TokenLM, best: dict | None, codec: dict | None = None) -> None:
+    """The model file (MODEL_FILE): its best state so far (the last without an evaluation yet) and
+    the codec its tokens came from (checkpoint.file_record: path and sha256, or None), atomically, rank 0."""
     if D.is_main():
-        atomic_save({"config": lm_cfg.to_dict(), "model": best["model"] if best else model.state_dict()}, path)
+        atomic_save({"config": lm_cfg.to_dict(), "model": best["model"] if best else model.state_dict(),
+                     "codec": codec}, path)
 
 
 @locks_run_dir
 def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMConfig,
              train_cfg: LMTrainConfig, run_dir: str | Path, *, labels_train: torch.Tensor | None = None,
-             labels_valid: torch.Tensor | None = None, stop_after: int | None = None
+             labels_valid: torch.Tensor | None = None, stop_after: int | None = None, codec: dict | None = None
              ) -> tuple[TokenLM, list[dict]]:
     """Train (or resume from run_dir/checkpoint.pt) and return (model, history).
 
     tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
     stop_after: stop once this many steps are done (to simulate an interruption).
+    codec: the codec of the tokens (checkpoint.file_record), kept in run_dir/lm.pt for `mmdlib generate`.
     history: one row per step, {"step", "loss" (mean nats per code), "lr"}, plus
     "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step): the
     held-out clips scored in windows of seq_frames, the length the model trains on.
@@ -157,6 +159,7 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         bar.set_postfix(loss=f"{loss_value:.3f}")
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
             row["valid_bits_per_frame"] = bpf = evaluate()
+            log_metrics(run_dir, row)
             if best is None or bpf < best["bits"]:
                 best = {"step": step, "bits": bpf, "stopped": False,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -166,10 +169,10 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
                 bar.write(f"step {step}: valid {bpf:.3f} bits/frame" + (" (stopping early)" if best["stopped"] else ""))
         if step % train_cfg.ckpt_every == 0 or step == end or (best and best["stopped"]):
             save(ckpt, "lm", step, history, config, extras={"best": best}, **state)
-            save_model(run_dir / MODEL_FILE, lm_cfg, model, best)
+            save_model(run_dir / MODEL_FILE, lm_cfg, model, best, codec)
     bar.close()
     if step == start:  # nothing trained (a finished run): its model file, from the checkpoint
-        save_model(run_dir / MODEL_FILE, lm_cfg, model, best)
+        save_model(run_dir / MODEL_FILE, lm_cfg, model, best, codec)
     if best is not None:
         model.load_state_dict(best["model"])
     return model, history
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", help="the same as --set device=...")
     p.add_argument("--seed", help="the same as --set seed=...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (+ TF32 on CUDA)")
+    p.add_argument("--codec", help="the codec (run dir or codec.pt) the tokens came from: recorded in lm.pt, "
+                                   "`mmdlib generate` then decodes with it and refuses another")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override LMTrainConfig fields (lr=3e-4 patience=2) or, prefixed with model., LMConfig "
                         "fields (model.dim=256 model.n_layers=6)")
@@ -205,6 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
         train_cfg = apply_overrides(LM_TRAIN_PRESETS[a.train_preset], [i for i in items if not i.startswith("model.")])
     except ValueError as e:
         p.error(str(e))
-    _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir)
+    codec = None
+    if a.codec:
+        path = Path(a.codec) / "codec.pt" if Path(a.codec).is_dir() else Path(a.codec)
+        if not path.is_file():
+            p.error(f"--codec {a.codec}: no codec file there (a run dir of train_codec holds codec.pt)")
+        codec = file_record(path)
+    _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir, codec=codec)
     D.cleanup()
     return history

@@ -10,6 +10,8 @@ restored). `extras` are plain values saved beside them (train_lm's "best").
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 from mmdlib import distributed as D
@@ -44,3 +46,19 @@ def save(path: str | Path, kind: str, step: int, history: list[dict], config: di
         save_checkpoint(path, {"kind": kind, "step": step, "history": history, "rng": rng, "config": config,
                                **{name: None if obj is None else obj.state_dict() for name, obj in state.items()},
                                **(extras or {})})
+
+
+METRICS_LOG = "metrics.jsonl"  # in the run dir: one line per evaluation, appended as it happens
+
+
+def log_metrics(run_dir: str | Path, row: dict) -> None:
+    """Append the scalars of an evaluation row to run_dir/metrics.jsonl (rank 0; lists are left out,
+    non-finite values written as null), flushed: a running training can be plotted from it. A resumed
+    run appends again from its checkpoint's step (keep the last line of a step)."""
+    if not D.is_main():
+        return
+    scalars = {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v
+               for k, v in row.items() if isinstance(v, (int, float, str, bool))}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / METRICS_LOG, "a") as f:
+        f.write(json.dumps(scalars) + "\n")

@@ -3,9 +3,9 @@ the metric check of its anchor row (envelope-shaped noise: no notes) holding on 
 import pytest
 import torch
 
-from mmdlib.eval.anchors import opus_available
 from mmdlib.bench import codec as bench_codec
 from mmdlib.codec.model import Codec, codec_preset
+from mmdlib.eval.anchors import opus_available
 
 
 @pytest.mark.slow  # ViSQOL on 2 clips x 4 rows (+ numba's first compilation)

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
+from mmdlib.codec.spectral import SpectralConfig, istft, nearest_peak, phase_advance, phase_from_advance, spectral_losses, stft
 from mmdlib.eval.metrics import chroma_similarity, fine_structure_r
-from mmdlib.codec.spectral import (SpectralConfig, istft, nearest_peak, phase_advance, phase_from_advance, spectral_losses,
-                             stft)
 
 SR, N_FFT, HOP = 16000, 640, 320
 

@@ -195,7 +195,7 @@ def test_folder_skips_bad_files_with_one_warning(music_folder):
     assert len(ours) == 1
     message = str(ours[0].message)
     for name, reason in expected.items():
-        line = next(l for l in message.splitlines() if l.strip().split(":")[0].endswith(name))
+        line = next(x for x in message.splitlines() if x.strip().split(":")[0].endswith(name))
         assert reason in line
     assert "good.wav" not in message and "notes.txt" not in message
     assert sorted(p.name for p in ds.paths) == ["clip.ogg", "good.wav", "tone.FLAC"]

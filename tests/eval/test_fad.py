@@ -14,6 +14,7 @@ from mmdlib.eval.fad import (
     embed_audio,
     embedding_stats,
     fad,
+    fad_interval,
     frechet_distance,
     get_embedder,
     register,
@@ -90,6 +91,25 @@ def test_stats_and_fad_from_samples():
     y = x + np.array([1.0, 0, 0, 0])  # shift by a known vector: FAD = 1 exactly
     assert fad(x, y) == pytest.approx(1.0, rel=1e-9)
     assert fad(torch.from_numpy(x), torch.from_numpy(x)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fad_interval_resamples_whole_clips_and_covers_the_truth():
+    """64 clips of 50 frames from N(0, I) against a large reference N(δ, I): FAD → |δ|² = 1. The
+    interval holds the point estimate, narrows with more clips, and a wrong clip count is refused."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((50000, 4)) + np.array([1.0, 0, 0, 0])
+    value, lo, hi = fad_interval(rng.standard_normal((64 * 50, 4)), 64, ref, n_boot=200, seed=1)
+    assert lo <= value <= hi and lo < 1.0 < hi + 0.05 and abs(value - 1.0) < 0.15
+    _, lo4, hi4 = fad_interval(rng.standard_normal((256 * 50, 4)), 256, ref, n_boot=200, seed=1)
+    assert hi4 - lo4 < hi - lo
+    # clips that are each constant (frames of a clip alike): the interval over clips is much wider
+    # than one that wrongly treated the 3,200 frames as independent would be
+    clips = np.repeat(rng.standard_normal((64, 1, 4)), 50, axis=1).reshape(-1, 4)
+    _, clo, chi = fad_interval(clips, 64, ref, n_boot=200, seed=1)
+    assert chi - clo > 0.4
+    assert fad_interval(clips, 64, ref, n_boot=20, seed=3) == fad_interval(clips, 64, ref, n_boot=20, seed=3)
+    with pytest.raises(ValueError, match="equal clips"):
+        fad_interval(rng.standard_normal((101, 4)), 2, ref)
 
 
 def test_bad_input_raises():

@@ -2,12 +2,20 @@ import math
 
 import pytest
 import torch
-
-from mmdlib.eval.anchors import opus_available, opus_roundtrip
-from mmdlib.data.synth import synth_clip
 import torchaudio.functional as AF
-from mmdlib.eval.metrics import (bitrate, chroma_similarity, codebook_usage, envelope_noise, fine_structure_r, mel_distance,
-                            si_snr, visqol)
+
+from mmdlib.data.synth import synth_clip
+from mmdlib.eval.anchors import opus_available, opus_roundtrip
+from mmdlib.eval.metrics import (
+    bitrate,
+    chroma_similarity,
+    codebook_usage,
+    envelope_noise,
+    fine_structure_r,
+    mel_distance,
+    si_snr,
+    visqol,
+)
 
 SR = 16000
 

@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from mmdlib.lm.depth import (DepthConfig, DepthHead, copy_gap_bits, copy_tokens, factorization_gap, generate_depth,
-                          per_item_bits, trunk_features)
+from mmdlib.lm.depth import (
+    DepthConfig,
+    DepthHead,
+    copy_gap_bits,
+    copy_tokens,
+    factorization_gap,
+    generate_depth,
+    per_item_bits,
+    trunk_features,
+)
 from mmdlib.lm.model import TokenLM, lm_config, nll_sum
 
 V, K = 16, 3

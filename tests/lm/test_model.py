@@ -5,12 +5,22 @@ import os
 import pytest
 import torch
 
-from mmdlib.train.checkpoint import CheckpointError, RunDirLocked, run_lock, use_previous
-from mmdlib.lm.model import KVCache, LMConfig, TokenLM, bits_per_codebook, evaluate_bits_per_frame, lm_config, nll_sum, sequence_nll, windows
-from mmdlib.patterns import PATTERNS
+from mmdlib.lm.model import (
+    KVCache,
+    LMConfig,
+    TokenLM,
+    bits_per_codebook,
+    evaluate_bits_per_frame,
+    lm_config,
+    nll_sum,
+    sequence_nll,
+    windows,
+)
 from mmdlib.lm.sampling import generate, sample_logits
-from mmdlib.train.lm import get_batch, lr_factor, train_lm
+from mmdlib.patterns import PATTERNS
+from mmdlib.train.checkpoint import CheckpointError, RunDirLocked, run_lock, use_previous
 from mmdlib.train.config import LMTrainConfig
+from mmdlib.train.lm import get_batch, lr_factor, train_lm
 
 V = 11
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmdlib.distributed import gather_with_grad
-
+from mmdlib.mmd.dependence import shared_factor_streams
+from mmdlib.mmd.expected import mmd2_expected
 from mmdlib.mmd.loss import (
     MMDConfig,
     expected_pairs,
@@ -15,7 +16,6 @@ from mmdlib.mmd.loss import (
     standardize,
     streams_to_samples,
 )
-from mmdlib.mmd.expected import mmd2_expected
 from mmdlib.patterns import delay_align
 
 SCALES = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0)
@@ -92,7 +92,7 @@ def test_gradcheck_blocked_backward():
     y = torch.randn(24, 3, generator=g, dtype=torch.float64, requires_grad=True)
     sources = torch.stack([torch.randperm(24, generator=g) for _ in range(2)])
     for est in ("unbiased", "biased"):
-        assert torch.autograd.gradcheck(lambda a, b: mmd2(a, b, (0.5, 2.0), est, 5, sources=sources), (x, y))
+        assert torch.autograd.gradcheck(lambda a, b, est=est: mmd2(a, b, (0.5, 2.0), est, 5, sources=sources), (x, y))
 
 
 def test_independent_near_zero_dependent_large():
@@ -463,24 +463,12 @@ def test_bf16_autocast_keeps_the_mmd_in_float32(estimator, normalize):
 
 
 # -- shuffle="clip": a criterion conditional on the clip -------------------------------------------
-def _factor_toy(kind: str, seed: int, b: int = 16, t: int = 40) -> torch.Tensor:
-    """3 streams x 2 dims of noise plus a factor shared by all streams: constant within each clip
-    ("clip", what an LM reads from the clip's past) or new every frame ("frame")."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(b, 3, 2, t, generator=g)
-    if kind == "clip":
-        s = s + torch.randn(b, 1, 1, 1, generator=g)
-    if kind == "frame":
-        s = s + torch.randn(b, 1, 1, t, generator=g)
-    return s
-
-
 def test_clip_shuffle_ignores_a_per_clip_factor_and_recovers_a_per_frame_one():
     """Pooled: both factors score (the per-clip one is dependence the past explains); within clips:
     the per-clip factor scores as independent streams do (mean 0), the per-frame one still scores."""
     def scores(kind, shuffle):
         cfg = MMDConfig(align="none", normalize_distance=True, shuffle=shuffle)
-        return torch.tensor([float(mmd_independence(_factor_toy(kind, s), cfg, seed=s)) for s in range(12)])
+        return torch.tensor([float(mmd_independence(shared_factor_streams(kind, s), cfg, seed=s)) for s in range(12)])
 
     null_sd = float(scores("none", "clip").std())
     per_clip, per_frame = scores("clip", "clip"), scores("frame", "clip")

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from mmdlib.mmd.saturation import kernel_report
 from mmdlib.mmd.loss import MMDConfig
+from mmdlib.mmd.saturation import kernel_report
 
 
 def gaussian_streams(k: int, d: int, n: int = 1024, seed: int = 0) -> torch.Tensor:

@@ -7,15 +7,14 @@ import os
 import pytest
 import torch
 
-from mmdlib.pipeline import layout, params, players, report, stages
 from mmdlib.codec.model import Codec, CodecConfig
-from mmdlib.train.overrides import apply_overrides
-from mmdlib.pipeline.params import PipelineError, check_params
-from mmdlib.train.checkpoint import write_json
 from mmdlib.codec.quantize import QuantizerConfig
 from mmdlib.codec.seanet import SEANetConfig
-from mmdlib.train.config import TRAIN_PRESETS, train_preset
-from mmdlib.train.config import LM_TRAIN_PRESETS
+from mmdlib.pipeline import layout, params, players, report, stages
+from mmdlib.pipeline.params import PipelineError, check_params
+from mmdlib.train.checkpoint import write_json
+from mmdlib.train.config import LM_TRAIN_PRESETS, TRAIN_PRESETS, train_preset
+from mmdlib.train.overrides import apply_overrides
 
 SMALL = CodecConfig(
     sample_rate=16000,
@@ -129,6 +128,10 @@ def test_layout(tmp_path):
     cfg = check_params("00_data", run_dir=str(tmp_path), lambdas="0,100,0.5")
     assert [layout.codec_name(x) for x in cfg.lambdas] == ["codec_lambda0", "codec_lambda100", "codec_lambda0.5"]
     assert layout.codec_name(100, "none") == "codec_lambda100_none"
+    variants = {"codec.mmd.streams": "codeword", "codec.mmd.estimator": "reference", "align": "none"}
+    assert apply_overrides(cfg, variants).layout.codec_name(1000) == "codec_lambda1000_codeword_reference_none"
+    assert apply_overrides(cfg, {"codec.mmd.shuffle": "clip"}).layout.codec(100) == tmp_path / "codec_lambda100_clip"
+    assert apply_overrides(cfg, variants).layout.codec(0) == tmp_path / "codec_lambda0"  # λ = 0: one for all
     assert layout.codec_name(0, "none") == "codec_lambda0"  # no MMD, so no alignment
     assert cfg.layout.codec(100) == tmp_path / "codec_lambda100"
     assert cfg.layout.tokens(0, "valid") == tmp_path / "tokens" / "codec_lambda0" / "valid.pt"

@@ -14,13 +14,13 @@ import sys
 
 import torch
 
+from mmdlib.codec.model import CodecConfig
+from mmdlib.codec.quantize import QuantizerConfig
+from mmdlib.codec.spectral import SpectralConfig
+from mmdlib.lm.model import lm_config
 from mmdlib.train import codec as tc
 from mmdlib.train import lm as tl
 from mmdlib.train.config import LMTrainConfig, train_preset
-from mmdlib.codec.model import CodecConfig
-from mmdlib.lm.model import lm_config
-from mmdlib.codec.quantize import QuantizerConfig
-from mmdlib.codec.spectral import SpectralConfig
 
 CODEC = CodecConfig(sample_rate=16000, arch="spectral", spectral=SpectralConfig(dim=8, hidden=32),
                     quantizer=QuantizerConfig(dim=8, n_q=3, codebook_size=16, kmeans_init=False,

@@ -9,8 +9,18 @@ import sys
 import pytest
 import torch
 
-from mmdlib.train.checkpoint import (CheckpointError, RunDirLocked, batch_seed, check_same_config, config_diff,
-                                     load_checkpoint, run_lock, save_checkpoint, use_previous, write_json)
+from mmdlib.train.checkpoint import (
+    CheckpointError,
+    RunDirLocked,
+    batch_seed,
+    check_same_config,
+    config_diff,
+    load_checkpoint,
+    run_lock,
+    save_checkpoint,
+    use_previous,
+    write_json,
+)
 
 
 def state(step: int, kind: str = "lm") -> dict:

@@ -2,15 +2,16 @@
 import dataclasses
 import json
 import math
+
 import pytest
 import torch
 
 from mmdlib.codec.discriminator import DiscriminatorConfig
 from mmdlib.codec.model import Codec, CodecConfig
-from mmdlib.mmd.loss import MMDConfig
 from mmdlib.codec.quantize import QuantizerConfig
 from mmdlib.codec.seanet import SEANetConfig
 from mmdlib.codec.spectral import SpectralConfig
+from mmdlib.mmd.loss import MMDConfig
 from mmdlib.train.codec import check_kernels, learning_rate, train_codec
 from mmdlib.train.config import train_preset
 
@@ -159,8 +160,8 @@ def test_amp_trains_in_bf16_autocast_on_cpu(tmp_path, codec_cfg, discriminator):
     """amp=True: bf16 autocast of the forward pass (CPU here; TF32 too on CUDA), finite losses; the
     quantizer's codes and the MMD stay float32."""
     spectral = codec_cfg.arch == "spectral"
-    cfg = config(steps=4, amp=True, model=codec_cfg, discriminator=DiscriminatorConfig.tiny() if discriminator else None, w_spec=float(spectral), w_advance=float(spectral),
-                 w_mel=0.0 if spectral else 1.0)
+    cfg = config(steps=4, amp=True, model=codec_cfg, discriminator=DiscriminatorConfig.tiny() if discriminator else None,
+                 w_spec=float(spectral), w_advance=float(spectral), w_mel=0.0 if spectral else 1.0)
     out = train_codec(cfg, tmp_path, progress=False)
     assert all(math.isfinite(v) for v in out["last_losses"].values()) and "mmd" in out["last_losses"]
     codec = Codec.load(tmp_path / "codec.pt")
@@ -203,3 +204,17 @@ def test_every_mmd_variant_trains_and_reaches_the_encoder(tmp_path, mmd):
     on, off = (torch.load(tmp_path / d / "codec.pt")["state"] for d in ("on", "off"))
     enc = [k for k in on if k.startswith("encoder.")]
     assert any(not torch.equal(on[k], off[k]) for k in enc)
+
+
+def test_every_evaluation_is_appended_to_metrics_jsonl_as_it_happens(tmp_path):
+    """A 60-step run evaluated every 30 steps, interrupted at step 59 (as a kill would): its evaluations
+    are already in run_dir/metrics.jsonl, one line each, before the run ends (no metrics.json yet)."""
+    cfg = config(steps=60, eval_every=20, ckpt_every=30, mmd_start=40)
+    train_codec(cfg, tmp_path, stop_at=59, progress=False)
+    assert not (tmp_path / "metrics.json").exists()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [20, 40] and all(math.isfinite(x["mel_distance"]) for x in lines)
+    assert "mel_clips" not in lines[0] and "train_spec" in lines[0]  # the scalars, lists left out
+    train_codec(cfg, tmp_path, progress=False)  # resumed from its checkpoint at step 59: appends step 60
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [20, 40, 60]

@@ -2,9 +2,9 @@
 import pytest
 
 from mmdlib.codec.discriminator import DiscriminatorConfig
-from mmdlib.train.overrides import apply_overrides
 from mmdlib.train.codec import main as train_codec_main
 from mmdlib.train.config import train_preset
+from mmdlib.train.overrides import apply_overrides
 
 
 def test_values_are_typed_by_the_fields():
