@@ -3,7 +3,7 @@
     python scripts/run_pipeline.py                                  # tiny preset on CPU (~15 min, 2 cores)
     python scripts/run_pipeline.py --preset paper --device cuda     # the paper's scale on a GPU
     python scripts/run_pipeline.py --only 01_train_codec -p lambdas 0,10,100
-    python scripts/run_pipeline.py --inplace                        # refresh the committed outputs
+    python scripts/run_pipeline.py --inplace                        # refresh the committed outputs and figures/
 
 Executed copies go to <run_dir>/notebooks/ (or replace notebooks/*.ipynb with --inplace, which is how
 the outputs committed with the notebooks are produced). Each notebook receives preset, device, seed,
@@ -17,6 +17,7 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -145,6 +146,11 @@ def main(argv: list[str] | None = None) -> dict:
     if unused:
         print(f"warning: no notebook declares parameter(s) {sorted(unused)}", file=sys.stderr)
     print(f"pipeline finished in {times['total'] / 60:.1f} min; executed notebooks in {out_dir}")
+    if a.inplace:  # the committed figures: the run's, copied over figures/ (its sweep/ subfolder stays)
+        figs = resolve(extra.get("fig_dir") or f"{run_dir}/figures")
+        for f in sorted(figs.glob("*.*")):
+            shutil.copy2(f, ROOT / "figures" / f.name)
+        print(f"figures of {figs} copied to {ROOT / 'figures'}")
     timing = resolve(run_dir) / "pipeline_times.json"
     timing.parent.mkdir(parents=True, exist_ok=True)
     timing.write_text(json.dumps(times, indent=1))

@@ -102,7 +102,7 @@ class PipelineConfig:
     seed: int = 0
     threads: int | None = 2                      # torch CPU threads (None: torch's default)
     run_dir: str = "runs/tiny"
-    fig_dir: str = "figures"
+    fig_dir: str | None = None                   # None: <run_dir>/figures (`make notebooks` copies them to figures/)
 
     # the notebooks' flat parameter names, as paths in the tree
     ALIASES: ClassVar[dict[str, str]] = {
@@ -131,7 +131,7 @@ class PipelineConfig:
 
     @property
     def fig_path(self) -> Path:
-        return resolve(self.fig_dir)
+        return resolve(self.fig_dir) if self.fig_dir else self.run_path / "figures"
 
     @property
     def layout(self) -> RunLayout:
@@ -184,7 +184,7 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
         data=DataConfig(clip_seconds=2.0, n_train=16, n_heads=8, n_valid=8),
         dependence=DependenceConfig(mmd_samples=512, n_permutations=20, perm_samples=256),
         lm_train=dataclasses.replace(_tiny_lm_train(), steps=10, warmup=2, eval_every=5),
-        generate=GenerateConfig(seconds=1.0, n=2), run_dir="runs/smoke", fig_dir="runs/smoke/figures",
+        generate=GenerateConfig(seconds=1.0, n=2), run_dir="runs/smoke",
     ),
     # the paper's scale, for GPUs: preset-length training, λ = 1000, 30 s token crops
     "paper": PipelineConfig(
@@ -193,7 +193,7 @@ PIPELINE_PRESETS: dict[str, PipelineConfig] = {
         dependence=DependenceConfig(mmd_samples=16384, n_permutations=200, perm_samples=4096),
         lm=LM_PRESETS["paper"], lm_train=dataclasses.replace(LM_TRAIN_PRESETS["paper"], patience=2),
         depth=DEPTH_PRESETS["paper"], generate=GenerateConfig(seconds=10.0, n=8, top_k=250), device="cuda",
-        threads=None, run_dir="runs/paper", fig_dir="figures/paper",
+        threads=None, run_dir="runs/paper",
     ),
 }
 
@@ -314,6 +314,8 @@ def check_params(notebook: str, preset: str = "tiny", **params) -> PipelineConfi
                             "(scripts/get_supertux_music.sh fetches one into data/external/supertux)")
     if not isinstance(cfg.run_dir, str) or not cfg.run_dir:
         raise PipelineError(f"run_dir={cfg.run_dir!r}: expected a folder path such as 'runs/tiny'")
+    if cfg.fig_dir is None:  # an interactive run keeps its figures with its artifacts, not in the committed figures/
+        cfg = dataclasses.replace(cfg, fig_dir=f"{cfg.run_dir}/figures")
     for name in ("run_dir", "fig_dir"):
         _check_writable(name, resolve(getattr(cfg, name)))
 

@@ -26,7 +26,7 @@ SMALL = CodecConfig(
 def test_defaults_resolve_to_the_preset(tmp_path):
     cfg = check_params("00_data", run_dir=str(tmp_path))
     tiny = params.PIPELINE_PRESETS["tiny"]
-    assert cfg == dataclasses.replace(tiny, run_dir=str(tmp_path))
+    assert cfg == dataclasses.replace(tiny, run_dir=str(tmp_path), fig_dir=f"{tmp_path}/figures")
     # None means "the preset's value"
     assert check_params("00_data", run_dir=str(tmp_path), lambdas=None, lm_steps=None).lm_train == tiny.lm_train
 
@@ -101,6 +101,9 @@ def test_bad_names_and_values(tmp_path):
                 check_params("00_data", run_dir=str(locked / "run"))
     finally:
         locked.chmod(0o700)
+    interactive = check_params("00_data", run_dir=str(tmp_path / "r"))  # figures stay with the run's artifacts
+    assert interactive.fig_path == tmp_path / "r" / "figures" and interactive.fig_path.is_dir()
+    assert check_params("00_data", run_dir=str(tmp_path / "r"), fig_dir=str(tmp_path / "f")).fig_path == tmp_path / "f"
     with pytest.raises(PipelineError, match=r"fig_dir=.*cannot be written"):
         check_params("00_data", run_dir=str(tmp_path / "r"), fig_dir="/proc/forbidden")
     assert check_params("00_data", data=str(tmp_path)).data.source == str(tmp_path)
@@ -277,7 +280,7 @@ def test_the_tree_has_no_preset_names_and_takes_dotted_paths():
     assert set(names) & set(params.PipelineConfig.ALIASES) == {"data"}  # aliases are paths (data: data.source)
     flat = check_params("00_data", codec_steps=30, lm_steps=7, align="none")
     dotted = check_params("00_data", **{"codec.steps": 30, "lm_train.steps": 7, "codec.mmd.align": "none"})
-    assert flat == dotted and flat.codec.steps == 30 and flat.layout.align == "none"
+    assert flat == dotted and flat.codec.steps == 30 and flat.layout.variant == "none"
     assert check_params("00_data", **{"codec.model.quantizer.n_q": 2}).codec_config(0).model.quantizer.n_q == 2
     with pytest.raises(PipelineError, match="unknown parameter 'modle' of CodecTrainConfig"):
         check_params("00_data", **{"codec.modle.n_q": 2})
