@@ -67,3 +67,21 @@ def generation(steps: dict[str, int], seconds: dict[str, float], n_q: int) -> st
         if not seconds["parallel"] < seconds["flatten"]:
             _fail(f"parallel {seconds['parallel']:.3f} s per audio s not faster than flatten {seconds['flatten']:.3f}")
     return "checked: flatten takes K steps a frame and is slower than parallel"
+
+
+def report(results: dict, lambdas: list[float]) -> str:
+    """05: the collected table is complete (every codec's dependence and quality, every LM's bits: a
+    notebook that did not run, or an artifact lost, leaves a None) and its numbers still say what 02
+    and 03 checked: NMI(delay) lower with λ > 0, flatten below parallel and delay on every codec."""
+    missing = [f"{r['codec']} {k}" for r in results["codecs"] for k in ("nmi_delay", "mel_distance", "chroma")
+               if r.get(k) is None]
+    missing += [f"{r['codec']} / {r['pattern']} bits" for r in results["lms"] if r.get("bits_per_frame") is None]
+    if missing:
+        _fail(f"the results table misses {', '.join(missing)}")
+    dependence({r["codec"]: r["nmi_delay"] for r in results["codecs"]}, lambdas)
+    bits: dict[str, dict[str, float]] = {}
+    for r in results["lms"]:
+        bits.setdefault(r["codec"], {})[r["pattern"]] = r["bits_per_frame"]
+    lm_bits(bits)
+    return (f"checked: the table is complete ({len(results['codecs'])} codecs, {len(results['lms'])} models); "
+            "NMI(delay) lower with λ > 0; flatten below parallel and delay")

@@ -40,3 +40,20 @@ def test_dependence_lm_bits_and_generation_checks():
         checks.generation(steps | {"flatten": 200}, seconds, n_q=4)
     with pytest.raises(ResultCheckError, match="not faster"):
         checks.generation(steps, {"parallel": 0.2, "flatten": 0.142}, n_q=4)
+
+
+def test_report_check_finds_a_missing_piece_and_a_wrong_result():
+    codecs = [{"codec": "codec_lambda0", "nmi_delay": 0.08, "mel_distance": 0.7, "chroma": 0.8},
+              {"codec": "codec_lambda100", "nmi_delay": 0.05, "mel_distance": 0.7, "chroma": 0.8}]
+    lms = [{"codec": c["codec"], "pattern": p, "bits_per_frame": b} for c in codecs
+           for p, b in (("parallel", 20.0), ("delay", 20.5), ("flatten", 17.0), ("depth", 17.5))]
+    good = {"codecs": codecs, "lms": lms}
+    assert checks.report(good, [0.0, 100.0]).startswith("checked: the table is complete (2 codecs, 8 models)")
+    with pytest.raises(checks.ResultCheckError, match="misses codec_lambda100 / delay bits"):
+        checks.report({"codecs": codecs, "lms": [r | {"bits_per_frame": None} if r["pattern"] == "delay"
+                                                  and r["codec"] == "codec_lambda100" else r for r in lms]}, [0.0, 100.0])
+    with pytest.raises(checks.ResultCheckError, match="NMI"):
+        checks.report({"codecs": codecs[::-1], "lms": lms}, [0.0, 100.0])  # λ = 100 now has the higher NMI
+    with pytest.raises(checks.ResultCheckError, match="flatten 21.00"):
+        checks.report({"codecs": codecs, "lms": [r | {"bits_per_frame": 21.0} if r["pattern"] == "flatten" else r
+                                                  for r in lms]}, [0.0, 100.0])
