@@ -12,6 +12,7 @@ from mmdlib.codec.quantize import QuantizerConfig
 from mmdlib.codec.seanet import SEANetConfig
 from mmdlib.codec.spectral import SpectralConfig
 from mmdlib.mmd.loss import MMDConfig
+from mmdlib.mmd.saturation import SATURATED
 from mmdlib.train.codec import check_kernels, learning_rate, train_codec
 from mmdlib.train.config import train_preset
 
@@ -142,7 +143,11 @@ def test_paper_preset_runs_its_whole_path_on_cpu(tmp_path):
     # the saturation check of the MMD's kernels at step 0: raw distances on K·D = 4 × 128 features
     kernels = json.loads((tmp_path / "mmd_kernels.json").read_text())
     assert kernels["step"] == 0 and kernels["features"] == 512 and not kernels["normalize_distance"]
-    assert len(kernels["mean_kernel"]) == 6 and all(0 <= m <= 1 for m in kernels["mean_kernel"])
+    # a Gaussian kernel's mean over the same pairs grows with its variance and stays below 1 while the
+    # codewords differ; raw distances (median > 1) put the smallest scales near 0
+    means, median = kernels["mean_kernel"], kernels["median_sq_dist"]
+    assert median > 1 and all(a < b < 1 for a, b in zip(means, means[1:])) and means[0] < 0.05
+    assert kernels["saturated"] == [m < SATURATED or m > 1 - SATURATED for m in means]
 
 
 def test_all_saturated_kernels_are_reported_with_a_warning(tmp_path):
