@@ -8,6 +8,7 @@
     mmdlib train-codec --run-dir runs/my_codec --set steps=600      # python -m mmdlib.train_codec's options
     mmdlib train-lm --train train.pt --valid valid.pt --run-dir runs/my_lm --codec runs/my_codec
     mmdlib bench codec
+    mmdlib metrics runs/my_codec --plot curves.png      # a training's evaluations so far (metrics.jsonl)
 
 Audio in: any file soundfile reads (wav, flac, ogg, mp3), any sample rate and channel count: mixed
 down to mono and resampled to the codec's rate (a note says so). A folder stands for its audio files.
@@ -209,6 +210,37 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_metrics(a) -> int:
+    """The evaluations a training appended to run_dir/metrics.jsonl so far (it may still run): a table of
+    the last ones, and with --plot a figure of every numeric key over the steps."""
+    path = Path(a.run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise CLIError(f"{path}: no evaluations yet (a codec or LM training writes one line per evaluation)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_step = {r["step"]: r for r in rows}  # a resumed run re-evaluates: keep the last line of a step
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "step" and isinstance(rows[-1].get(k), float)]
+    keys = [k for k in keys if not a.keys or k in a.keys]
+    for step, r in list(by_step.items())[-a.last:]:
+        print(f"step {step}: " + ", ".join(f"{k} {r[k]:.4g}" for k in keys if r.get(k) is not None))
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            pts = [(s, r[k]) for s, r in sorted(by_step.items()) if r.get(k) is not None]
+            ax.plot(*zip(*pts), "o-", ms=3)
+            ax.set(title=k, xlabel="step")
+            ax.grid(alpha=0.3)
+        fig.suptitle(str(Path(a.run_dir)), fontsize=9)
+        fig.tight_layout()
+        atomic(Path(a.plot), lambda tmp: fig.savefig(tmp, dpi=110))
+        print(f"plot of {len(keys)} metrics over {len(by_step)} evaluations: {a.plot}")
+    return 0
+
+
 def passthrough(module: str):
     def run(a) -> int:
         import importlib
@@ -251,6 +283,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True)
     g.add_argument("--device", default="cpu")
     g.set_defaults(run=cmd_generate)
+    m = sub.add_parser("metrics", help="RUN_DIR: the evaluations of a training so far (metrics.jsonl), --plot FILE")
+    m.add_argument("run_dir")
+    m.add_argument("--plot", help="a .png with every metric over the steps")
+    m.add_argument("--keys", nargs="*", help="only these metrics (default: every numeric one)")
+    m.add_argument("--last", type=int, default=5, help="evaluations printed (default 5)")
+    m.set_defaults(run=cmd_metrics)
     for name, module, what in (("train-codec", "mmdlib.train.codec", "python -m mmdlib.train_codec"),
                                ("train-lm", "mmdlib.train.lm", "python -m mmdlib.train_lm"),
                                ("bench", "mmdlib.bench.__main__", "python -m mmdlib.bench")):

@@ -100,3 +100,13 @@ def test_a_corrupt_file_gets_a_clear_error_and_leaves_no_output(runs, tmp_path, 
     assert cli.main(["codec", "encode", str(tmp_path / "nope.wav"), "--codec", str(runs / "codec"), "--out", str(tmp_path)]) == 2
     assert cli.main(["codec", "encode", str(tmp_path / "music"), "--codec", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "no codec there" in capsys.readouterr().err
+
+
+def test_metrics_prints_and_plots_a_running_training(tmp_path, capsys):
+    lines = [{"step": 20, "mel_distance": 1.0, "chroma": 0.5}, {"step": 40, "mel_distance": 0.8, "chroma": 0.6},
+             {"step": 40, "mel_distance": 0.7, "chroma": 0.65}]  # step 40 again: a resumed run
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert cli.main(["metrics", str(tmp_path), "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "step 40: mel_distance 0.7, chroma 0.65" in out and "step 20" in out and (tmp_path / "c.png").stat().st_size
+    assert cli.main(["metrics", str(tmp_path / "none")]) == 2
