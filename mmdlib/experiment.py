@@ -1,12 +1,15 @@
-"""The λ sweep: tests the paper's three claims on synthetic and real music, over several seeds.
+"""The sweep: tests the paper's three claims on synthetic and real music, over several seeds, for
+each variant of the loss.
 
-For each data set and seed it trains codecs with MMD weights λ (0, three delay-aligned values and
-one non-aligned value), measures them on held-out clips (SI-SNR, mel distance, NMI, MMD², FAD of
-the reconstructions), trains an LM per pattern (parallel, delay, flatten) on each codec's tokens
-(held-out bits per frame), samples from each LM (AR steps, wall time, FAD of the samples), and
-`report` aggregates every seed into one table and two figures (figures/sweep/).
+For each data set and seed it trains the λ = 0 codec and one codec per `Variant` of the loss (an MMD
+weight and the whole MMD setting: streams, estimator, shuffle, alignment; mmdlib.pipeline.sweep),
+measures them on held-out clips (notes, quality, NMI, MMD², FAD of the reconstructions), trains the
+variant's LMs (delay and flatten, parallel where its tuple is the target) to early stopping, the depth
+gap of its target pattern, samples 64 clips per LM at the length it trained on (FAD to the codec's
+reconstructions, bootstrap interval), and `report` pools the seeds into a table, the paired
+differences against λ = 0 with a claim-2 verdict per variant, and figures (figures/sweep/).
 
-    make experiment                                                  # tiny preset, CPU, both data sets
+    make experiment                                                  # tiny preset, CPU
     python -m mmdlib.experiment all --preset paper --device cuda     # the same at paper scale
     python -m mmdlib.experiment run --data synthetic --seeds 0       # one data set, one seed
     python -m mmdlib.experiment report
@@ -37,7 +40,7 @@ from mmdlib.pipeline import plots, sweep_plots
 from mmdlib.pipeline.params import DEPTH_TRUNK, PipelineConfig, PipelineError, resolve
 from mmdlib.pipeline.report import add_gap, aggregate, report_markdown
 from mmdlib.pipeline.stages import dataset, depth_run, forked_codec_run, generate_run, load_codec, train_lm_run
-from mmdlib.pipeline.sweep import GRID, SWEEP_PRESETS, TINY_MMD, SweepConfig, Variant, codecs, data_tag, for_data, seed_config  # noqa: F401  (the sweep's configuration, as `experiment.X` too)
+from mmdlib.pipeline.sweep import SWEEP_PRESETS, SweepConfig, codecs, data_tag, for_data, seed_config
 from mmdlib.train.checkpoint import write_json
 from mmdlib.train.overrides import apply_overrides
 

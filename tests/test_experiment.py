@@ -5,6 +5,7 @@ import math
 import pytest
 
 from mmdlib import experiment as ex
+from mmdlib.pipeline import sweep as sw
 from mmdlib.pipeline import report
 from mmdlib.pipeline.params import PipelineError
 from mmdlib.train.overrides import apply_overrides
@@ -99,7 +100,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
         run_dir=str(tmp_path / "runs"), fig_dir=str(tmp_path / "figs"), lm_steps=4,
         lm_warmup=1, lm_eval_every=4, codec_steps=9, codec_mmd_start=6, codec_eval_every=9, clip_seconds=1.0,
         n_token_train=8, n_token_valid=4, mmd_samples=100, lm_seq_frames=40, gen_seconds=0.5, n_gen=2))
-    baseline = ex.Variant(0.0, None, ("parallel", "delay", "flatten"), ("delay",))
+    baseline = sw.Variant(0.0, None, ("parallel", "delay", "flatten"), ("delay",))
     sweep = dataclasses.replace(smoke, pipeline=pipe, baseline=baseline)
     out = ex.run_seed(sweep, "synthetic", 0)
     assert [c["codec"] for c in out["codecs"]] == ["codec_lambda0", "codec_lambda10", "codec_lambda10_codeword"]
@@ -126,7 +127,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
 def test_a_data_set_can_have_its_own_variants():
     sweep = dataclasses.replace(ex.SWEEP_PRESETS["tiny"], per_data={
-        "supertux": {"variants": (ex.Variant(10.0), ex.Variant(30.0, dataclasses.replace(ex.TINY_MMD, align="none")))}})
+        "supertux": {"variants": (sw.Variant(10.0), sw.Variant(30.0, dataclasses.replace(sw.TINY_MMD, align="none")))}})
     cfg = ex.seed_config(sweep, "data/external/supertux", 0)
     assert cfg.lambdas == (0.0, 10.0, 30.0)
     names = [c.layout.codec(lam).name for c, lam in ex.codecs(ex.for_data(sweep, "data/external/supertux"), cfg)]
