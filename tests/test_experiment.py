@@ -5,8 +5,8 @@ import math
 import pytest
 
 from mmdlib import experiment as ex
-from mmdlib.pipeline import sweep as sw
 from mmdlib.pipeline import report
+from mmdlib.pipeline import sweep as sw
 from mmdlib.pipeline.params import PipelineError
 from mmdlib.train.overrides import apply_overrides
 
