@@ -263,10 +263,13 @@ class TokenLM(nn.Module):
         distinct = list(dict.fromkeys(columns))
         if len(distinct) == 1:
             return torch.einsum("bsd,jvd->bjsv", h, self.head(distinct[0]))
-        out = h.new_empty(h.shape[0], len(columns[0]), h.shape[1], self.cfg.codebook_size)
+        out = None
         for col in distinct:
             at = torch.tensor([i for i, c in enumerate(columns) if c == col], device=h.device)
-            out[:, :, at] = torch.einsum("bsd,jvd->bjsv", h[:, at], self.head(col))
+            part = torch.einsum("bsd,jvd->bjsv", h[:, at], self.head(col))
+            if out is None:  # the dtype the einsum gives (bf16 under autocast), not h's
+                out = part.new_empty(h.shape[0], part.shape[1], h.shape[1], self.cfg.codebook_size)
+            out[:, :, at] = part
         return out
 
     def hidden(self, tokens: torch.Tensor, pat: Pattern, start: int = 0, cache: KVCache | None = None,
