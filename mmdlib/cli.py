@@ -103,6 +103,8 @@ def for_each(files: list[Path], work) -> int:
         try:
             work(f)
         except (AudioError, CLIError, ValueError) as e:
+            if isinstance(e, AudioError):
+                e = f"{e} (give an audio file: {', '.join(AUDIO_EXTENSIONS)}, not silent, no NaN)"
             if len(files) == 1:
                 raise CLIError(str(e)) from None
             skipped.append(f"{f}: {e}")
@@ -190,11 +192,15 @@ def cmd_generate(a) -> int:
     prompt = None
     if a.prompt:
         try:
-            prompt = codec.encode(read_audio(Path(a.prompt), codec.cfg.sample_rate).to(a.device))
+            wav = read_audio(Path(a.prompt), codec.cfg.sample_rate)[..., : round(a.prompt_seconds * codec.cfg.sample_rate)]
+            prompt = codec.encode(wav.to(a.device))
         except AudioError as e:
             raise CLIError(f"--prompt {e}") from None
     t0 = 0 if prompt is None else prompt.shape[-1]
     n_frames = t0 + max(1, round(a.seconds * codec.frame_rate))
+    if model.make_pattern(n_frames).n_steps > model.cfg.max_steps:
+        raise CLIError(f"{n_frames} frames ({t0} of prompt) need more than the LM's {model.cfg.max_steps} steps "
+                       f"({model.cfg.pattern} pattern): lower --seconds or --prompt-seconds")
     codes = generate(model, n_frames, batch_size=a.n, temperature=a.temperature, top_k=a.top_k, seed=a.seed,
                      prompt=prompt)
     wav = codec.decode(codes).cpu()[..., : round(n_frames / codec.frame_rate * codec.cfg.sample_rate)]
@@ -279,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prompt", help="an audio file: its codes start every sample, the LM continues them")
+    g.add_argument("--prompt", help="an audio file: its opening's codes start every sample, the LM continues them")
+    g.add_argument("--prompt-seconds", type=float, default=3.0, help="how much of the prompt's opening (default 3 s)")
     g.add_argument("--out", required=True)
     g.add_argument("--device", default="cpu")
     g.set_defaults(run=cmd_generate)

@@ -110,3 +110,12 @@ def test_metrics_prints_and_plots_a_running_training(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step 40: mel_distance 0.7, chroma 0.65" in out and "step 20" in out and (tmp_path / "c.png").stat().st_size
     assert cli.main(["metrics", str(tmp_path / "none")]) == 2
+
+
+def test_a_long_prompt_is_cut_to_its_opening_and_too_long_a_request_is_refused(runs, tmp_path, capsys):
+    _stereo_44k(tmp_path / "long.wav", 5.0)
+    assert cli.main(["generate", "--lm", str(runs / "lm"), "--seconds", "0.2", "--prompt", str(tmp_path / "long.wav"),
+                     "--prompt-seconds", "0.5", "--out", str(tmp_path / "p")]) == 0
+    assert json.loads((tmp_path / "p" / "generate.json").read_text())["prompt_frames"] == 25
+    assert cli.main(["generate", "--lm", str(runs / "lm"), "--seconds", "100", "--out", str(tmp_path / "q")]) == 2
+    assert "lower --seconds" in capsys.readouterr().err and not (tmp_path / "q").exists()
