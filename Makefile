@@ -47,8 +47,9 @@ bench: setup
 	$(BIN)/python -m mmdlib.bench mmd
 	$(BIN)/python -m mmdlib.bench generate
 
-# the λ sweep of the README's results: synthetic music, 4 seeds, 3 codecs x (3 LMs + depth heads) each;
-# about 105 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU). Results in figures/sweep/.
+# the sweep of the README's results: synthetic music, 4 seeds, the λ = 0 codec and 6 variants of the loss, each
+# with its LMs, depth heads and samples; about 88 minutes on 2 CPU cores (PRESET=paper DEVICE=cuda on a GPU).
+# Results in figures/sweep/.
 # Real music: bash scripts/get_supertux_music.sh, then python -m mmdlib.experiment all --data data/external/supertux
 experiment: setup
 	$(BIN)/python -m mmdlib.experiment all --preset $(PRESET) $(if $(filter cuda%,$(DEVICE)),--device $(DEVICE))

@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override the sweep's pipeline settings (as the notebooks name them, or dotted paths), "
                         "e.g. codec_steps=300 lm.dim=64 codec.model.quantizer.n_q=8")
+    p.add_argument("--variant-lambda", type=float, metavar="LAMBDA",
+                   help="every variant of the grid at this MMD weight instead of its own, in run_dir and fig_dir "
+                        "+ _lambda<LAMBDA> (e.g. runs/sweep_lambda100, figures/sweep_lambda100)")
     p.add_argument("--jobs", type=int, default=2, help="all: (data set, seed) runs at once (CPU: threads split among them)")
     args = p.parse_args(argv)
     sweep = SWEEP_PRESETS[args.preset]
@@ -247,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(e))
     if args.seeds:
         sweep = dataclasses.replace(sweep, seeds=tuple(args.seeds))
+    if args.variant_lambda is not None:
+        if not args.variant_lambda > 0:
+            p.error(f"--variant-lambda {args.variant_lambda}: an MMD weight > 0 (λ = 0 is the baseline, always trained)")
+        tag = f"_lambda{args.variant_lambda:g}"
+        sweep = dataclasses.replace(sweep, variants=tuple(dataclasses.replace(v, lam=args.variant_lambda)
+                                                          for v in sweep.variants),
+                                    pipeline=dataclasses.replace(sweep.pipeline, run_dir=sweep.pipeline.run_dir + tag,
+                                                                 fig_dir=sweep.pipeline.fig_dir + tag))
     for spec in args.embedder:
         name, sep, path = spec.partition("=")
         if not sep or not path:
@@ -293,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
                 cmd = [sys.executable, "-m", "mmdlib.experiment", "run", "--preset", args.preset, "--data", d,
                        "--seeds", str(seed), "--threads", str(threads)] + (["--device", device] if device else [])
                 cmd += [f"--embedder={e}" for e in args.embedder] + (["--set", *args.set] if args.set else [])
+                cmd += ["--variant-lambda", str(args.variant_lambda)] if args.variant_lambda is not None else []
                 print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
                 procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log, device))
         while procs:

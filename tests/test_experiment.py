@@ -189,3 +189,14 @@ def test_claim2_verdicts_generation_sanity_and_lm_convergence():
     text = report.report_markdown({"synthetic": agg}, ["logmel"])
     assert "the metric cannot rank" in text and "| codec_lambda10_clip | clip | delay |" in text
     assert report.verdict(None) == "n/a" and report.verdict({"ci95": [-2.0, -1.0]}) == "holds"
+
+
+def test_variant_lambda_moves_every_variant_and_the_folders(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(ex, "run_seed", lambda sweep, d, seed, device=None: seen.setdefault("sweep", sweep))
+    ex.main(["run", "--seeds", "0", "--variant-lambda", "100"])
+    sweep = seen["sweep"]
+    assert {v.lam for v in sweep.variants} == {100.0} and len(sweep.variants) == len(sw.GRID)
+    assert sweep.pipeline.run_dir == "runs/sweep_lambda100" and sweep.pipeline.fig_dir == "figures/sweep_lambda100"
+    with pytest.raises(SystemExit):
+        ex.main(["run", "--variant-lambda", "0"])

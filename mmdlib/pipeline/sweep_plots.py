@@ -5,6 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+SHORT = {"": "residual", "clip": "within-clip", "codeword_reference": "ICML loss", "none": "lag 0"}  # variant tags
+
 
 def _sweep_label(row: dict) -> str:
     """'λ=0', or the variant and its λ ('codeword λ=1000'; the default MMD: 'residual')."""
@@ -13,7 +15,7 @@ def _sweep_label(row: dict) -> str:
         return lam
     if "variant" not in row:  # a run of an earlier version: λ and alignment only
         return lam + (" (lag 0)" if row.get("align") == "none" else "")
-    return f"{row['variant'] or 'residual'} {lam}"
+    return f"{SHORT.get(row['variant'], row['variant'])} {lam}"
 
 
 def sweep_tradeoff(agg: dict, y: str = "visqol"):
@@ -109,7 +111,7 @@ def sweep_depth_gap(agg: dict):
     for j, (tag, a) in enumerate(agg.items()):
         codecs = a["codecs"]
         xs = np.arange(len(codecs))
-        labels = [_sweep_label(c).replace(" λ", "\nλ") for c in codecs]
+        labels = [_sweep_label(c) for c in codecs]
         for k, p in enumerate(gap_patterns(a)):
             rows = [next((r.get("depth_gap_bits") for r in a["lms"] if r["codec"] == c["codec"] and r["pattern"] == p), None)
                     for c in codecs]
@@ -129,7 +131,7 @@ def sweep_depth_gap(agg: dict):
         q_ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
         nmi_ax.legend(fontsize=8)
         for ax in axes[j]:
-            ax.set_xticks(xs, labels, fontsize=7)
+            ax.set_xticks(xs, labels, fontsize=7, rotation=35, ha="right")
             ax.margins(x=0.15)
     fig.tight_layout()
     return fig
@@ -141,16 +143,19 @@ def sweep_verdicts(agg: dict):
     variant targets, of the generation metric, and of the codes' NMI (claim 1). Left of 0 is what the
     claims predict. One row per data set."""
     metric = next(iter(agg.values()))["generation_sanity"]["metric"]  # report.GEN_METRIC
-    keys = (("depth_gap_bits_{p}", "Δ depth gap (bits/frame)"), ("gap_vs_flatten_{p}", "Δ (pattern − flatten) bits/frame"),
+    keys = (("depth_gap_bits_delay", "Δ depth gap, delay (bits/frame)"),
+            ("depth_gap_bits_parallel", "Δ depth gap, parallel"), ("gap_vs_flatten_{p}", "Δ (pattern − flatten) bits/frame"),
             (metric + "_{p}", "Δ FAD samples vs reconstructions"), ("nmi_delay", "Δ NMI delay (claim 1)"))
     rows = max(len(a["paired"]) for a in agg.values())
     fig, axes = plt.subplots(len(agg), len(keys), figsize=(4.2 * len(keys), 0.5 + 0.55 * rows * len(agg)), squeeze=False)
     for j, (tag, a) in enumerate(agg.items()):
-        labels = [f"{d['variant'] or 'residual'} λ={d['lambda']:g} ({d['verdict']['pattern']})" for d in a["paired"]]
+        labels = [f"{_sweep_label(d)} ({d['verdict']['pattern']})" for d in a["paired"]]
         for k, (key, title) in enumerate(keys):
             ax = axes[j, k]
             for i, d in enumerate(a["paired"]):
                 s = d.get(key.format(p=d["verdict"]["pattern"]))
+                if key.startswith("depth_gap") and not key.endswith(d["verdict"]["pattern"]):
+                    s = None  # each variant's gap on the pattern it targets
                 if not s or s["mean"] is None:
                     continue
                 vals = list(s["values"].values())
