@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mmdlib.lm.model import KVCache, TokenLM, cell_nll, windows
 from mmdlib.lm.sampling import check_sampling, sample_checked
@@ -153,7 +154,8 @@ def per_item_bits(model: TokenLM, head: DepthHead | None, feats: tuple, batch_si
     return torch.cat(out) / math.log(2) / frames
 
 
-def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: DepthConfig) -> tuple[DepthHead, list[dict]]:
+def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: DepthConfig,
+             progress: bool = False) -> tuple[DepthHead, list[dict]]:
     """Train a depth head on trunk_features `train`, early-stopped on `valid`; returns the best
     head (eval mode) and one history row per epoch {"epoch", "train_bits", "valid_bits"}."""
     device = next(model.parameters()).device
@@ -165,6 +167,8 @@ def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: Dept
     frames = pat.revert(seq[:1]).shape[-1]
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_epoch, best_state, history = math.inf, 0, copy.deepcopy(head.state_dict()), []
+    bar = tqdm(total=cfg.max_epochs, desc=f"depth head ({'prefix' if prefix else 'blind'})", disable=not progress,
+               leave=False)
     for epoch in range(1, cfg.max_epochs + 1):
         head.train()
         order, total = torch.randperm(len(h), generator=gen), 0.0
@@ -178,16 +182,20 @@ def fit_head(model: TokenLM, prefix: bool, train: tuple, valid: tuple, cfg: Dept
         head.eval()
         v = float(per_item_bits(model, head, valid).mean())
         history.append({"epoch": epoch, "train_bits": total / len(h) / math.log(2), "valid_bits": v})
+        bar.update(1)
+        bar.set_postfix(valid_bits=f"{v:.3f}", refresh=False)
         if v < best:
             best, best_epoch, best_state = v, epoch, copy.deepcopy(head.state_dict())
         elif epoch - best_epoch >= cfg.patience:
             break
+    bar.close()
     head.load_state_dict(best_state)
     return head.eval(), history
 
 
 def factorization_gap(model: TokenLM, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
-                      cfg: DepthConfig = DepthConfig(), window: int | None = None) -> tuple[dict, DepthHead]:
+                      cfg: DepthConfig = DepthConfig(), window: int | None = None,
+                      progress: bool = False) -> tuple[dict, DepthHead]:
     """The instrument: depth heads with and without the prefix trained on `train` codes [n, k, t]
     (at most cfg.max_train_windows of its windows), early-stopped on `valid`, scored on `test` (all
     in windows of `window` frames). Returns (metrics,
@@ -198,8 +206,8 @@ def factorization_gap(model: TokenLM, train: torch.Tensor, valid: torch.Tensor, 
     if len(train) > cfg.max_train_windows:
         train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_train_windows]]
     feats = {name: trunk_features(model, x, window) for name, x in (("train", train), ("valid", valid), ("test", test))}
-    flat, h_flat = fit_head(model, False, feats["train"], feats["valid"], cfg)
-    deep, h_deep = fit_head(model, True, feats["train"], feats["valid"], cfg)
+    flat, h_flat = fit_head(model, False, feats["train"], feats["valid"], cfg, progress)
+    deep, h_deep = fit_head(model, True, feats["train"], feats["valid"], cfg, progress)
     lm_b, flat_b, deep_b = (per_item_bits(model, hd, feats["test"]) for hd in (None, flat, deep))
     d = flat_b - deep_b
     per_clip = d.view(len(test), -1).mean(1)  # windows of a clip are neighbours, not independent draws
@@ -218,7 +226,7 @@ def factorization_gap(model: TokenLM, train: torch.Tensor, valid: torch.Tensor, 
 
 @torch.inference_mode()
 def generate_depth(model: TokenLM, head: DepthHead, n_frames: int, batch_size: int = 1, temperature: float = 1.0,
-                   top_k: int | None = None, seed: int = 0) -> torch.Tensor:
+                   top_k: int | None = None, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Sample codes [b, k, t] from trunk + depth head: one trunk step (KV cache) per pattern step,
     then the step's slots one after another, each conditioned on the codes drawn before it."""
     if n_frames < 1 or batch_size < 1:
@@ -238,7 +246,7 @@ def generate_depth(model: TokenLM, head: DepthHead, n_frames: int, batch_size: i
     out = torch.full((batch_size, pat.n_slots, pat.n_steps), model.cfg.pad, dtype=torch.long, device=device)
     tokens = torch.full((batch_size, pat.n_slots, 1), model.cfg.bos, dtype=torch.long, device=device)
     valid = pat.valid.T.tolist()                                                    # [s][j]
-    for s in range(pat.n_steps):
+    for s in tqdm(range(pat.n_steps), desc="sample (depth)", disable=not progress, mininterval=2, leave=False):
         h = model.hidden(tokens, pat, s, cache)[:, 0]                              # [b, d]
         base = torch.einsum("bd,jvd->bjv", h, model.head(pat.columns[s]))          # [b, j, v]
         c = head.inp(h)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm import tqdm
 
 from mmdlib.lm.model import KVCache, TokenLM
 
@@ -52,12 +53,13 @@ def sample_checked(logits: torch.Tensor, temperature: float, top_k: int | None, 
 def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              cond: torch.Tensor | None = None, cfg_coef: float | None = None,
-             prompt: torch.Tensor | None = None) -> torch.Tensor:
+             prompt: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Sample codes [b, k, t] (t = n_frames) step by step with a pre-allocated KV cache.
 
     cond: class labels [b] (conditional models). cfg_coef: classifier-free guidance,
     logits = null + cfg_coef (cond - null), computed on a doubled batch. prompt: codes [b or 1, k, t0]
-    (t0 < n_frames) that the output starts with: they are fed, not sampled (a continuation)."""
+    (t0 < n_frames) that the output starts with: they are fed, not sampled (a continuation). progress: a
+    tqdm bar over the steps (stderr)."""
     cfg = model.cfg
     if n_frames < 1 or batch_size < 1:
         raise ValueError(f"n_frames={n_frames} and batch_size={batch_size} must be >= 1")
@@ -99,7 +101,7 @@ def generate(model: TokenLM, n_frames: int, batch_size: int = 1, temperature: fl
     cache = KVCache(cfg, rows, n_steps, device, model.heads.dtype)
     out = torch.empty(batch_size, pat.n_slots, n_steps, dtype=torch.long, device=device)
     tokens = torch.full((rows, pat.n_slots, 1), cfg.bos, dtype=torch.long, device=device)
-    for s in range(n_steps):
+    for s in tqdm(range(n_steps), desc=f"sample ({cfg.pattern})", disable=not progress, mininterval=2, leave=False):
         logits = model.step(tokens, pat, s, cache, cond_vec)[:, :, 0]      # [rows, j, v]
         if guided:
             c, u = logits.chunk(2)

@@ -101,6 +101,7 @@ class PipelineConfig:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = 2                      # torch CPU threads (None: torch's default)
+    progress: bool = True                        # tqdm bars (stderr): training, tokenising, depth heads, sampling
     run_dir: str = "runs/tiny"
     fig_dir: str | None = None                   # None: <run_dir>/figures (`make notebooks` copies them to figures/)
 

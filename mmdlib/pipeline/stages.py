@@ -24,6 +24,7 @@ import shutil
 import time
 
 import torch
+from tqdm import tqdm
 
 from mmdlib.codec.model import Codec
 from mmdlib.data.audio import save_audio
@@ -67,7 +68,7 @@ def train_codec_run(cfg: PipelineConfig, lam: float) -> dict:
     {"config", "history", "final", "resumed"}."""
     tcfg, out = cfg.codec_config(lam), cfg.layout.codec(lam)
     result = cached(out / "metrics.json", {"config": tcfg.to_dict()},
-                    lambda: {"history": train_codec(tcfg, out, progress=False)["history"]}, needs=(out / "codec.pt",),
+                    lambda: {"history": train_codec(tcfg, out, progress=cfg.progress)["history"]}, needs=(out / "codec.pt",),
                     refuse=f"{out} holds a codec trained with another configuration; delete that folder or choose "
                            "another run_dir")
     return result | {"final": result["history"][-1]}
@@ -107,7 +108,7 @@ def forked_codec_run(cfg: PipelineConfig, lam: float) -> dict | None:
     base, base_dir = cfg.codec_config(0.0), cfg.layout.codec(0.0)
     prefix = cfg.run_path / f"prefix_step{base.mmd_start}.pt"
     if base.mmd_start and not prefix.is_file() and not (base_dir / CHECKPOINT).is_file():
-        train_codec(base, base_dir, stop_at=base.mmd_start, progress=False)
+        train_codec(base, base_dir, stop_at=base.mmd_start, progress=cfg.progress)
         shutil.copyfile(base_dir / CHECKPOINT, prefix)
     if lam and prefix.is_file() and not (out / CHECKPOINT).is_file():
         fork_checkpoint(prefix, cfg.codec_config(lam), out)
@@ -122,9 +123,11 @@ def load_codec(cfg: PipelineConfig, lam: float) -> Codec:
 
 
 @torch.no_grad()
-def tokenize(codec: Codec, ds, batch_size: int = 16, device: str = "cpu") -> torch.Tensor:
+def tokenize(codec: Codec, ds, batch_size: int = 16, device: str = "cpu", progress: bool = False) -> torch.Tensor:
     """Codes `n k t` (long, CPU) of every clip of a dataset of `1 n` clips."""
-    codes = [codec.encode(wav.to(device)).cpu() for wav in clip_batches(ds, batch_size)]
+    batches = tqdm(clip_batches(ds, batch_size), desc="tokenise", total=-(-len(ds) // batch_size), disable=not progress,
+                   mininterval=2, leave=False)
+    codes = [codec.encode(wav.to(device)).cpu() for wav in batches]
     if not codes:
         raise PipelineError("tokenize: the dataset is empty")
     return torch.cat(codes)
@@ -155,7 +158,7 @@ def tokens(cfg: PipelineConfig, lam: float, split: str, codec: Codec | None = No
                                          range(cfg.data.n_train, cfg.data.n_train + n_items))
         else:
             ds = dataset(cfg, split, n_items)
-        codes = tokenize(codec or load_codec(cfg, lam), ds, device=cfg.device)
+        codes = tokenize(codec or load_codec(cfg, lam), ds, device=cfg.device, progress=cfg.progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(codes, path)
         return {}
@@ -196,7 +199,7 @@ def train_lm_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
                 raise PipelineError(f"{e}. Delete that folder or choose another run_dir") from None
         t0 = time.time()
         model, history = train_lm(train, valid, lm_cfg, tcfg, out,  # its best state
-                                  codec=file_record(cfg.layout.codec(lam) / "codec.pt"))
+                                  codec=file_record(cfg.layout.codec(lam) / "codec.pt"), progress=cfg.progress)
         evals = [row for row in history if "valid_bits_per_frame" in row]
         best = min(evals, key=lambda row: row["valid_bits_per_frame"])
         by_k = bits_per_codebook(model, tokens(cfg, lam, "test"), tcfg.eval_batch_size, window=tcfg.seq_frames)
@@ -230,7 +233,7 @@ def depth_run(cfg: PipelineConfig, lam: float, pattern: str) -> dict:
         model = TokenLM.load(out / MODEL_FILE, map_location=cfg.device)
         t0 = time.time()
         gap, head = factorization_gap(model, tokens(cfg, lam, "heads"), tokens(cfg, lam, "valid"),
-                                      tokens(cfg, lam, "test"), dcfg, lm["train_config"]["seq_frames"])
+                                      tokens(cfg, lam, "test"), dcfg, lm["train_config"]["seq_frames"], cfg.progress)
         torch.save({"config": dataclasses.asdict(dcfg), "state": head.state_dict()}, out / "depth_head.pt")
         return gap | {"seconds": time.time() - t0, "codec": cfg.layout.codec_name(lam), "pattern": pattern,
                       "lambda": lam}
@@ -270,7 +273,7 @@ def generate_run(cfg: PipelineConfig, lam: float, pattern: str, codec: Codec | N
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     codes = sample(n_frames, batch_size=cfg.generate.n, temperature=cfg.generate.temperature, top_k=cfg.generate.top_k,
-                   seed=cfg.seed)
+                   seed=cfg.seed, progress=cfg.progress)
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

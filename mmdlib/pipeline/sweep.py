@@ -54,7 +54,7 @@ class SweepConfig:
     pipeline: PipelineConfig = apply_overrides(PipelineConfig(), {
         "codec_steps": 600, "codec_mmd_start": 300, "codec_eval_every": 300, "lm_steps": 2000, "lm_warmup": 60,
         "lm_eval_every": 100, "lm_patience": 3, "n_token_train": 256, "n_gen": 64, "gen_seconds": 1.0,
-        "depth.max_train_windows": 2048, "threads": None, "run_dir": "runs/sweep", "fig_dir": "figures/sweep"})
+        "depth.max_train_windows": 2048, "threads": None, "progress": False, "run_dir": "runs/sweep", "fig_dir": "figures/sweep"})
 
 
 SWEEP_PRESETS: dict[str, SweepConfig] = {

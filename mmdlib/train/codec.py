@@ -56,7 +56,7 @@ from mmdlib.train.checkpoint import (
     write_json,
 )
 from mmdlib.train.config import TRAIN_PRESETS, CodecTrainConfig, train_preset
-from mmdlib.train.loop import log_metrics, restore, save
+from mmdlib.train.loop import log_metrics, log_tensorboard, restore, save, tensorboard_writer
 from mmdlib.train.overrides import apply_overrides
 
 
@@ -289,6 +289,23 @@ def evaluate(t: CodecTraining, done: int, losses: dict, t0: float) -> dict:
     return metrics | {"step": done, "seconds": time.time() - t0, **{f"train_{k}": v.item() for k, v in losses.items()}}
 
 
+@torch.no_grad()
+def listen(writer, t: CodecTraining, step: int) -> None:
+    """The first validation clip, original (once) and reconstructed, as audio and log spectrogram."""
+    wav = t.valid_set[0][None].to(t.device)                       # 1 1 n
+    sr = t.cfg.model.sample_rate
+    was = t.model.training
+    rec = t.model.eval()(wav).wav[0, 0].float().cpu().clamp(-1, 1)
+    t.model.train(was)
+    for name, x in (("original", wav[0, 0].cpu()), ("reconstruction", rec)) if step == t.cfg.eval_every else (
+            ("reconstruction", rec),):
+        writer.add_audio(f"audio/{name}", x[None], step, sample_rate=sr)
+        mag = torch.stft(x, 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()
+        img = (20 * mag.clamp_min(1e-5).log10()).clamp_min(-80).flip(0)  # low frequencies at the bottom
+        writer.add_image(f"spectrogram/{name}", ((img + 80) / 80)[None], step)
+    writer.flush()
+
+
 def summary(m: dict) -> str:
     vq = f", ViSQOL {m['visqol']:.2f}" if "visqol" in m else ""
     return (f"step {m['step']}: SI-SNR {m['sisnr_db']:.2f} dB, mel {m['mel_distance']:.3f}{vq}, usage "
@@ -297,14 +314,16 @@ def summary(m: dict) -> str:
 
 @locks_run_dir  # run_dir/train.lock: one training at a time per run directory
 def train_codec(cfg: CodecTrainConfig, run_dir: str | Path,
-                stop_at: int | None = None, progress: bool = True) -> dict:
+                stop_at: int | None = None, progress: bool = True, tensorboard: bool = False) -> dict:
     """Train (or resume) a codec in `run_dir`; returns {"history": [...], "final": metrics,
     "last_losses": the last step's losses ({} when no step ran)}.
 
     `run_dir/checkpoint.pt` holds everything needed to resume; `run_dir/codec.pt` the final codec
     (`Codec.load`); `run_dir/metrics.json` the validation history; `run_dir/mmd_kernels.json` the
-    saturation check of the MMD's kernels at its first step (kernel_report). `stop_at` ends the
-    run early at that step (after checkpointing), as an interruption would.
+    saturation check of the MMD's kernels at its first step (kernel_report); `run_dir/metrics.jsonl` one
+    line per evaluation as it happens. `stop_at` ends the run early at that step (after checkpointing),
+    as an interruption would. `tensorboard`: the same scalars, the first validation clip's
+    reconstruction (audio) and its log spectrogram, in run_dir/tensorboard (the `tensorboard` extra).
     """
     run_dir = Path(run_dir)
     device = D.setup(cfg.device)
@@ -323,8 +342,9 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path,
     t.mmd.rebuild(t.train_set, start, device)
 
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    writer = tensorboard_writer(run_dir) if tensorboard else None
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and D.is_main()),
-               desc="codec", dynamic_ncols=True)
+               desc="codec", dynamic_ncols=True, mininterval=2)
     t0, losses = time.time() - (history[-1]["seconds"] if history else 0.0), {}  # seconds: earlier sessions too
     for step in bar:
         losses = train_step(t, step)
@@ -333,11 +353,16 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path,
         if done % cfg.eval_every == 0 or done == cfg.steps:
             history.append(evaluate(t, done, losses, t0))
             log_metrics(run_dir, history[-1])
+            log_tensorboard(writer, history[-1], done, "codec")
+            if writer is not None:
+                listen(writer, t, done)
             if D.is_main():
                 bar.write(summary(history[-1]))
         if done % cfg.ckpt_every == 0 or done == end:
             save(ckpt_path, "codec", done, history, config, **t.state())
     bar.close()
+    if writer is not None:
+        writer.close()
     if D.is_main() and end == cfg.steps:
         t.model.save(run_dir / "codec.pt")
         write_json(run_dir / "metrics.json", {"config": cfg.to_dict(), "history": history})
@@ -354,13 +379,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override training parameters, e.g. steps=300 mmd_weight=100 data=path/to/folder "
                         "mmd.align=none model.quantizer.n_q=8 discriminator=paper (typed by CodecTrainConfig's fields)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log the evaluations, a reconstruction and its spectrogram to RUN_DIR/tensorboard "
+                        "(pip install -e '.[tensorboard]'; then tensorboard --logdir RUN_DIR)")
     args = p.parse_args(argv)
     shortcuts = [f"{k}={v}" for k, v in (("device", args.device), ("seed", args.seed)) if v is not None]
     try:  # typed by the fields; nested settings keep the preset's other values (mmd.align=none)
         cfg = apply_overrides(train_preset(args.preset), shortcuts + args.set)
     except ValueError as e:
         p.error(str(e))
-    result = train_codec(cfg, args.run_dir)
+    try:
+        result = train_codec(cfg, args.run_dir, tensorboard=args.tensorboard)
+    except ImportError as e:
+        p.error(str(e))
     if D.is_main():
         print(json.dumps(result["final"]))
     D.cleanup()

@@ -25,7 +25,7 @@ from mmdlib import distributed as D
 from mmdlib.lm.model import LM_PRESETS, LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
 from mmdlib.train.checkpoint import CHECKPOINT, atomic_save, batch_seed, file_record, locks_run_dir
 from mmdlib.train.config import LM_TRAIN_PRESETS, LMTrainConfig
-from mmdlib.train.loop import log_metrics, restore, save
+from mmdlib.train.loop import log_metrics, log_tensorboard, restore, save, tensorboard_writer
 from mmdlib.train.overrides import apply_overrides
 
 MODEL_FILE = "lm.pt"  # in the run directory: {"config": LMConfig dict, "model": best state_dict} (TokenLM.load)
@@ -89,13 +89,15 @@ def save_model(path: Path, lm_cfg: LMConfig, model: TokenLM, best: dict | None, 
 @locks_run_dir
 def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMConfig,
              train_cfg: LMTrainConfig, run_dir: str | Path, *, labels_train: torch.Tensor | None = None,
-             labels_valid: torch.Tensor | None = None, stop_after: int | None = None, codec: dict | None = None
-             ) -> tuple[TokenLM, list[dict]]:
+             labels_valid: torch.Tensor | None = None, stop_after: int | None = None, codec: dict | None = None,
+             progress: bool | None = None, tensorboard: bool = False) -> tuple[TokenLM, list[dict]]:
     """Train (or resume from run_dir/checkpoint.pt) and return (model, history).
 
     tokens_*: long [n, k, t]. labels_*: long [n] class labels for a conditional LM.
     stop_after: stop once this many steps are done (to simulate an interruption).
     codec: the codec of the tokens (checkpoint.file_record), kept in run_dir/lm.pt for `mmdlib generate`.
+    progress: the tqdm bar, overriding train_cfg.progress (a display setting, not part of the run).
+    tensorboard: the evaluations' scalars in run_dir/tensorboard too (the `tensorboard` extra).
     history: one row per step, {"step", "loss" (mean nats per code), "lr"}, plus
     "valid_bits_per_frame" at the evaluation steps (every eval_every, and the last step): the
     held-out clips scored in windows of seq_frames, the length the model trains on.
@@ -137,7 +139,9 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         return float(tot[0] / math.log(2) / tot[1])
 
     end = train_cfg.steps if stop_after is None else min(train_cfg.steps, stop_after)
-    bar = tqdm(total=end, initial=step, disable=not (train_cfg.progress and D.is_main()), desc="lm")
+    show = train_cfg.progress if progress is None else progress
+    writer = tensorboard_writer(run_dir) if tensorboard else None
+    bar = tqdm(total=end, initial=step, disable=not (show and D.is_main()), desc="lm", mininterval=2)
     model.train()
     while step < end and not (best and best["stopped"]):
         codes, labels = get_batch(tokens_train, labels_train, step, train_cfg, rank, world)
@@ -160,17 +164,20 @@ def train_lm(tokens_train: torch.Tensor, tokens_valid: torch.Tensor, lm_cfg: LMC
         if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
             row["valid_bits_per_frame"] = bpf = evaluate()
             log_metrics(run_dir, row)
+            log_tensorboard(writer, row, step, "lm")
             if best is None or bpf < best["bits"]:
                 best = {"step": step, "bits": bpf, "stopped": False,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             evals_since = sum(1 for r in history if "valid_bits_per_frame" in r and r["step"] > best["step"])
             best["stopped"] = bool(train_cfg.patience) and evals_since >= train_cfg.patience
-            if train_cfg.progress and D.is_main():
+            if show and D.is_main():
                 bar.write(f"step {step}: valid {bpf:.3f} bits/frame" + (" (stopping early)" if best["stopped"] else ""))
         if step % train_cfg.ckpt_every == 0 or step == end or (best and best["stopped"]):
             save(ckpt, "lm", step, history, config, extras={"best": best}, **state)
             save_model(run_dir / MODEL_FILE, lm_cfg, model, best, codec)
     bar.close()
+    if writer is not None:
+        writer.close()
     if step == start:  # nothing trained (a finished run): its model file, from the checkpoint
         save_model(run_dir / MODEL_FILE, lm_cfg, model, best, codec)
     if best is not None:
@@ -191,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", help="the same as --set device=...")
     p.add_argument("--seed", help="the same as --set seed=...")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward pass (+ TF32 on CUDA)")
+    p.add_argument("--tensorboard", action="store_true", help="the evaluations in RUN_DIR/tensorboard too "
+                                                                "(pip install -e '.[tensorboard]')")
     p.add_argument("--codec", help="the codec (run dir or codec.pt) the tokens came from: recorded in lm.pt, "
                                    "`mmdlib generate` then decodes with it and refuses another")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -216,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
         if not path.is_file():
             p.error(f"--codec {a.codec}: no codec file there (a run dir of train_codec holds codec.pt)")
         codec = file_record(path)
-    _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir, codec=codec)
+    try:
+        _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir, codec=codec, tensorboard=a.tensorboard)
+    except ImportError as e:
+        p.error(str(e))
     D.cleanup()
     return history

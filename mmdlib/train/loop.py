@@ -62,3 +62,24 @@ def log_metrics(run_dir: str | Path, row: dict) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / METRICS_LOG, "a") as f:
         f.write(json.dumps(scalars) + "\n")
+
+
+def tensorboard_writer(run_dir: str | Path):
+    """A SummaryWriter on run_dir/tensorboard (rank 0; None elsewhere), or an ImportError saying what to install."""
+    if not D.is_main():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'") from None
+    return SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+
+def log_tensorboard(writer, row: dict, step: int, prefix: str) -> None:
+    """The scalars of an evaluation row as `prefix/key` at `step` (no-op without a writer)."""
+    if writer is None:
+        return
+    for k, v in row.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v):
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+    writer.flush()

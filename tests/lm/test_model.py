@@ -324,14 +324,15 @@ def test_load_round_trip(tmp_path):
 
 
 def test_model_file_holds_the_best_state_so_far(tmp_path):
-    """run_dir/lm.pt ({"config", "model"}) comes with every checkpoint: the last state before the first
+    """run_dir/lm.pt ({"config", "model", "codec"}) comes with every checkpoint: the last state before the first
     evaluation, then the best; a finished run started again writes it from its checkpoint."""
     tr, va, lm_cfg = tiny_setup()
     cfg = LMTrainConfig(steps=6, batch_size=2, seq_frames=12, eval_every=2, ckpt_every=1, progress=False)
     load = lambda name: torch.load(tmp_path / name, weights_only=False)  # noqa: E731
     same = lambda a, b: all(torch.equal(v, b[k]) for k, v in a.items())  # noqa: E731
     train_lm(tr, va, lm_cfg, cfg, tmp_path, stop_after=1)  # no evaluation yet
-    assert load("lm.pt").keys() == {"config", "model"} and load("lm.pt")["config"] == lm_cfg.to_dict()
+    assert load("lm.pt").keys() == {"config", "model", "codec"} and load("lm.pt")["codec"] is None
+    assert load("lm.pt")["config"] == lm_cfg.to_dict()
     assert same(load("lm.pt")["model"], load("checkpoint.pt")["model"])
     train_lm(tr, va, lm_cfg, cfg, tmp_path, stop_after=3)  # evaluated at step 2
     assert load("checkpoint.pt")["best"]["step"] == 2 and same(load("lm.pt")["model"], load("checkpoint.pt")["best"]["model"])
@@ -418,3 +419,13 @@ def test_early_stopping_keeps_the_best_state(tmp_path):
     assert evaluate_bits_per_frame(loaded, valid, window=10) == pytest.approx(best_bits, rel=1e-5)
     _, again = train_lm(train, valid, lm_cfg, tcfg, tmp_path)   # a stopped run stays stopped
     assert len(again) == len(hist)
+
+
+def test_lm_tensorboard_logs_its_evaluations(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tr, va, lm_cfg = tiny_setup()
+    train_lm(tr, va, lm_cfg, LMTrainConfig(steps=4, batch_size=2, seq_frames=8, eval_every=2, progress=False),
+             tmp_path, tensorboard=True)
+    acc = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [e.step for e in acc.Scalars("lm/valid_bits_per_frame")] == [2, 4]

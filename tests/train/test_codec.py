@@ -223,3 +223,15 @@ def test_every_evaluation_is_appended_to_metrics_jsonl_as_it_happens(tmp_path):
     train_codec(cfg, tmp_path, progress=False)  # resumed from its checkpoint at step 59: appends step 60
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [20, 40, 60]
+
+
+def test_tensorboard_logs_the_evaluations_a_reconstruction_and_its_spectrogram(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_codec(config(steps=4, eval_every=2, ckpt_every=2, mmd_start=2), tmp_path, progress=False, tensorboard=True)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0, "images": 0}).Reload()
+    tags = acc.Tags()
+    assert [e.step for e in acc.Scalars("codec/mel_distance")] == [2, 4]
+    assert {"audio/original", "audio/reconstruction"} <= set(tags["audio"])
+    assert [e.step for e in acc.Audio("audio/reconstruction")] == [2, 4] and acc.Audio("audio/original")[0].sample_rate == 16000
+    assert {"spectrogram/original", "spectrogram/reconstruction"} <= set(tags["images"])
