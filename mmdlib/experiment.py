@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mmdlib.data.audio import load_audio
 from mmdlib.eval.codec import evaluate_codec
@@ -291,13 +292,14 @@ def main(argv: list[str] | None = None) -> None:
                           flush=True)
     elif args.command == "all":  # one process per (data set, seed), one per slot of `job_devices` at a time
         t0, procs = time.time(), []
+        bar = tqdm(total=len(datasets) * len(sweep.seeds), desc="sweep: (data set, seed) runs done", unit="run")
         cuda = bool(args.device) and args.device.startswith("cuda") and torch.cuda.is_available()
         slots = job_devices(args.device, args.jobs, torch.cuda.device_count() if cuda else 0)
         threads = args.threads or max(1, torch.get_num_threads() // len(slots))
         for d in datasets:
             for seed in sweep.seeds:
                 if len(procs) >= len(slots):
-                    _wait(procs)
+                    _wait(procs, bar)
                 device = next(x for x in slots if x not in [p[2] for p in procs]) if cuda else args.device
                 log = resolve(sweep.pipeline.run_dir) / f"{data_tag(d)}_seed{seed}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{' '.join(cmd[1:])}  > {log}", flush=True)
                 procs.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log, device))
         while procs:
-            _wait(procs)
+            _wait(procs, bar)
         print(f"all data sets and seeds done in {(time.time() - t0) / 60:.1f} min", flush=True)
         record_launch(resolve(sweep.pipeline.run_dir) / WALL_FILE, {
             "seconds": time.time() - t0, "jobs": len(slots), "datasets": [data_tag(d) for d in datasets],
@@ -333,12 +335,14 @@ def job_devices(device: str | None, jobs: int, n_gpus: int) -> list[str | None]:
     return [f"cuda:{i}" for i in range(min(jobs, n_gpus))]
 
 
-def _wait(procs: list) -> None:
+def _wait(procs: list, bar=None) -> None:
     """Wait for the first of `procs` [(Popen, log, device)] to end, drop it; stop everything if it failed."""
     while True:
         for i, (proc, log, _) in enumerate(procs):
             if proc.poll() is not None:
                 procs.pop(i)
+                if bar is not None and not proc.returncode:
+                    bar.update(1)
                 if proc.returncode:
                     for other, *_ in procs:
                         other.terminate()
