@@ -305,25 +305,27 @@ def report_markdown(agg: dict, embedders: list[str], run_dir: str = "runs/sweep"
         lines += [f"### {tag} ({len(a['seeds'])} seeds: {', '.join(map(str, a['seeds']))})", "",
                   f"Codec bitrate {', '.join(map(str, kbps))} kbps; smallest codebook usage (perplexity / size) per codec: "
                   + ", ".join(f"{c['codec']} {_ms(c.get('usage_perplexity_ratio_min'), '.2f')}" for c in a["codecs"]) + ".", "",
-                  "Bits/frame: test clips in windows of the LM's training crop; depth gap: bits/frame the factorised "
-                  "LM gives up within a step; `depth`: the parallel trunk with its depth head, the joint model in T "
-                  "steps.", "",
-                  "| codec | pattern | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ "
-                  "| MMD² delay ↓ | bits/frame ↓ | − flatten | depth gap "
-                  + "".join(f"| FAD {e} rec. ↓ | FAD {e} samples vs rec. ↓ " for e in embedders)
-                  + "| AR steps | gen. s / audio s |",
-                  "|---" * (14 + 2 * len(embedders)) + "|"]
-        codec_rows = {c["codec"]: c for c in a["codecs"]}
-        for r in a["lms"]:
-            c = codec_rows[r["codec"]]
+                  "| codec | fine-structure r ↑ | chroma ↑ | ViSQOL ↑ | mel ↓ | code entropy (bits) | NMI delay ↓ | MMD² delay ↓ "
+                  + "".join(f"| FAD {e} rec. ↓ " for e in embedders) + "|",
+                  "|---" * (8 + len(embedders)) + "|"]
+        for c in a["codecs"]:
             lines.append(
-                f"| {r['codec']} | {r['pattern']} | {_ms(c.get('fine_structure_r'), '.3f')} | {_ms(c.get('chroma'), '.3f')} "
+                f"| {c['codec']} | {_ms(c.get('fine_structure_r'), '.3f')} | {_ms(c.get('chroma'), '.3f')} "
                 f"| {_ms(c.get('visqol'), '.2f')} | {_ms(c.get('mel_distance'), '.3f')} "
                 f"| {_ms(c.get('code_entropy_bits'), '.2f')} "
-                f"| {_ms(c.get('nmi_delay'), '.3f')} | {_ms(c.get('mmd_delay'), '.4f')} | {_ms(r['bits_per_frame'], '.2f')} "
+                f"| {_ms(c.get('nmi_delay'), '.3f')} | {_ms(c.get('mmd_delay'), '.4f')} "
+                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} " for e in embedders) + "|")
+        lines += ["", "Bits/frame: test clips in windows of the LM's training crop; depth gap: bits/frame the factorised "
+                      "LM gives up within a step; `depth`: the parallel trunk with its depth head, the joint model in T "
+                      "steps; FAD of the samples to the codec's reconstructions.", "",
+                  "| codec | pattern | bits/frame ↓ | − flatten | depth gap "
+                  + "".join(f"| FAD {e} samples vs rec. ↓ " for e in embedders) + "| AR steps | gen. s / audio s |",
+                  "|---" * (7 + len(embedders)) + "|"]
+        for r in a["lms"]:
+            lines.append(
+                f"| {r['codec']} | {r['pattern']} | {_ms(r['bits_per_frame'], '.2f')} "
                 f"| {_ms(r.get('gap_vs_flatten'), '+.2f')} | {_ms(r.get('depth_gap_bits'), '.3f')} "
-                + "".join(f"| {_ms(c.get(f'fad_{e}_recon'), '.2f')} | {_ms(r.get(f'fad_{e}_gen_vs_recon'), '.2f')} "
-                          for e in embedders)
+                + "".join(f"| {_ms(r.get(f'fad_{e}_gen_vs_recon'), '.2f')} " for e in embedders)
                 + f"| {_ms(r.get('gen_steps'), '.0f')} | {_ms(r.get('gen_seconds_per_audio_second'), '.3f')} |")
         lines += ["", "Paired differences, the codec minus the λ = 0 codec of the same seed: mean [95 % CI], "
                       "paired t-test p, seeds below 0 (a fall).", "",
