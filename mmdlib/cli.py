@@ -247,13 +247,9 @@ def cmd_metrics(a) -> int:
     return 0
 
 
-def passthrough(module: str):
-    def run(a) -> int:
-        import importlib
-
-        importlib.import_module(module).main(a.rest)
-        return 0
-    return run
+PASSTHROUGH = {"train-codec": ("mmdlib.train.codec", "python -m mmdlib.train_codec"),
+               "train-lm": ("mmdlib.train.lm", "python -m mmdlib.train_lm"),
+               "bench": ("mmdlib.bench.__main__", "python -m mmdlib.bench")}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -296,16 +292,18 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--keys", nargs="*", help="only these metrics (default: every numeric one)")
     m.add_argument("--last", type=int, default=5, help="evaluations printed (default 5)")
     m.set_defaults(run=cmd_metrics)
-    for name, module, what in (("train-codec", "mmdlib.train.codec", "python -m mmdlib.train_codec"),
-                               ("train-lm", "mmdlib.train.lm", "python -m mmdlib.train_lm"),
-                               ("bench", "mmdlib.bench.__main__", "python -m mmdlib.bench")):
-        t = sub.add_parser(name, help=f"the same as `{what}` (its options follow)", add_help=False)
-        t.add_argument("rest", nargs=argparse.REMAINDER)
-        t.set_defaults(run=passthrough(module))
+    for name, (_, what) in PASSTHROUGH.items():  # listed here, run by main() with their own parsers
+        sub.add_parser(name, help=f"the same as `{what}` (its options follow)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:  # their own parsers take every argument, --help included
+        import importlib
+
+        importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
+        return 0
     a = parser().parse_args(argv)
     try:
         return a.run(a)

@@ -119,3 +119,10 @@ def test_a_long_prompt_is_cut_to_its_opening_and_too_long_a_request_is_refused(r
     assert json.loads((tmp_path / "p" / "generate.json").read_text())["prompt_frames"] == 25
     assert cli.main(["generate", "--lm", str(runs / "lm"), "--seconds", "100", "--out", str(tmp_path / "q")]) == 2
     assert "lower --seconds" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_train_and_bench_pass_their_arguments_through(capsys):
+    assert cli.main(["bench", "--help"]) == 0 and "usage: python -m mmdlib.bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # train-codec's own parser: its --help
+        cli.main(["train-codec", "--help"])
+    assert e.value.code == 0 and "--run-dir" in capsys.readouterr().out
