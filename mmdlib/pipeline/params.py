@@ -49,7 +49,8 @@ class DataConfig:
     n_train: int = 256                  # clips tokenised for LM training
     n_heads: int = 512                  # clips the depth heads train on (03): train-split clips after the LM's
                                         # n_train, which it never saw (on its own clips an early-stopped LM is
-                                        # over-confident and the heads find almost nothing)
+                                        # over-confident and the heads find almost nothing); for a folder, other
+                                        # random crops of the same train files
     n_valid: int = 64                   # held-out clips: dependence (02), LM early stopping (03); as many
                                         # test clips score the LMs (03)
 
