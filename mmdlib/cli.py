@@ -28,7 +28,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from mmdlib.codec.model import Codec
+from mmdlib.codec.model import Codec, codec_file
 from mmdlib.data.audio import AUDIO_EXTENSIONS, AudioError, load_audio, save_audio
 from mmdlib.lm.model import TokenLM
 from mmdlib.lm.sampling import generate
@@ -41,16 +41,11 @@ class CLIError(Exception):
     """A bad argument or file: the message says which and what to do."""
 
 
-def codec_file(path: str | Path) -> Path:
-    p = Path(path)
-    p = p / "codec.pt" if p.is_dir() else p
-    if not p.is_file():
-        raise CLIError(f"--codec {path}: no codec there (give a codec.pt or the run dir `mmdlib train-codec` wrote)")
-    return p
-
-
 def load_codec(path: str | Path, device: str = "cpu") -> tuple[Codec, dict]:
-    p = codec_file(path)
+    try:
+        p = codec_file(path)
+    except FileNotFoundError as e:
+        raise CLIError(f"--codec {e}") from None
     try:
         return Codec.load(p, map_location=device).to(device).eval(), file_record(p)
     except Exception as e:  # noqa: BLE001  (a corrupt or foreign file)

@@ -82,10 +82,8 @@ def timed(seconds: dict[str, float], stage: str):
 
 def mmd_settings(c: PipelineConfig, lam: float) -> dict:
     """What names a codec's row: its variant and MMD settings (λ = 0: none)."""
-    m = c.codec.mmd
-    return {"variant": c.layout.variant if lam else "λ = 0", "streams": m.streams if lam else None,
-            "estimator": m.estimator if lam else None, "shuffle": m.shuffle if lam else None,
-            "align": m.align if lam else None, "normalize_distance": m.normalize_distance if lam else None}
+    fields = ("streams", "estimator", "shuffle", "align", "normalize_distance")
+    return {"variant": c.layout.variant if lam else "λ = 0", **{k: getattr(c.codec.mmd, k) if lam else None for k in fields}}
 
 
 def generation_scores(embedders: dict, wav: torch.Tensor, sr: int, real_emb: dict, rec_emb: dict,

@@ -110,6 +110,15 @@ class CodecOutput:
     advance: torch.Tensor | None = None  # ... and phase advance `b c f s` (phase="advance"; spectral_losses)
 
 
+def codec_file(path: str | Path) -> Path:
+    """A codec file given as itself or as the run dir train_codec wrote (which holds codec.pt)."""
+    p = Path(path)
+    p = p / "codec.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no codec there (give a codec.pt or the run dir `mmdlib train-codec` wrote)")
+    return p
+
+
 class Codec(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()

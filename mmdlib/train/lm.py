@@ -22,6 +22,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from mmdlib import distributed as D
+from mmdlib.codec.model import codec_file
 from mmdlib.lm.model import LM_PRESETS, LMConfig, TokenLM, lm_config, nll_sum, sequence_nll
 from mmdlib.train.checkpoint import CHECKPOINT, atomic_save, batch_seed, file_record, locks_run_dir
 from mmdlib.train.config import LM_TRAIN_PRESETS, LMTrainConfig
@@ -221,10 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(str(e))
     codec = None
     if a.codec:
-        path = Path(a.codec) / "codec.pt" if Path(a.codec).is_dir() else Path(a.codec)
-        if not path.is_file():
-            p.error(f"--codec {a.codec}: no codec file there (a run dir of train_codec holds codec.pt)")
-        codec = file_record(path)
+        try:
+            codec = file_record(codec_file(a.codec))
+        except FileNotFoundError as e:
+            p.error(f"--codec {e}")
     try:
         _, history = train_lm(tr, va, lm_cfg, train_cfg, a.run_dir, codec=codec, tensorboard=a.tensorboard)
     except ImportError as e:
